@@ -1,0 +1,209 @@
+"""Experiment files (TOML) → validated, frozen settings.
+
+Every value is checked before anything runs; a bad one fails with one line naming its dotted
+key (`train.lr: …`). `--set KEY=VALUE` overrides and sweep parameters go through the same
+path (`Experiment.with_values`), so what a trial runs is always a validated `Experiment`,
+and `flat()` of it is exactly what gets logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import HarnessError
+
+DEFAULT_EXPERIMENT = Path("experiments/quickstart.toml")
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else `mlflow.db` (SQLite) in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def default_storage() -> str:
+    """Optuna's default storage: `optuna.db` (SQLite) in the working directory."""
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskSettings(_Section):
+    """`[task]`: `name` plus the task's own options (checked against the task's signature)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    name: str = "mnist1d"
+    n_train: int | None = Field(default=None, gt=0)
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k != "name"}
+
+
+class ModelSettings(_Section):
+    """`[model]`: `arch` plus the architecture's overrides (passed to `create_model`)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    arch: str = "lstm"
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k != "arch"}
+
+
+class TrainSettings(_Section):
+    epochs: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    clip_norm: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = Field(default=1024, gt=0)
+
+
+class ParamSpec(_Section):
+    """One search dimension: `[a, b, c]` (categorical) or `{low, high, log?, step?}`."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, v: Any) -> Any:
+        return {"choices": v} if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError("give a list of choices, or a range {low, high} with low < high")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) for v in (self.low, self.high)) and (self.step is None or float(self.step).is_integer())
+
+
+class SweepSettings(_Section):
+    n_trials: int | None = Field(default=10, gt=0)
+    timeout: float | None = Field(default=None, gt=0)
+    sampler: Literal["tpe", "random", "grid", "qmc", "nsga2"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int | None = 0
+    # "val_<metric>" keys of the trial result; empty means the task's own validation metric.
+    objectives: list[str] = []
+    space: dict[str, ParamSpec] = {}
+    space_by_arch: dict[str, dict[str, ParamSpec]] = {}
+
+    @field_validator("space", "space_by_arch")
+    @classmethod
+    def _dotted(cls, v: dict) -> dict:
+        for key, spec in v.items():
+            for k in spec if isinstance(spec, dict) else [key]:
+                if k.split(".")[0] not in ("model", "task", "train"):
+                    raise ValueError(f"{k!r}: a search key names model.*, task.* or train.*")
+        return v
+
+
+class Experiment(_Section):
+    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    task: TaskSettings = TaskSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    sweep: SweepSettings = SweepSettings()
+
+    def with_values(self, values: dict[str, Any]) -> Experiment:
+        """A new validated experiment with dotted keys (`train.lr`) set."""
+        raw = self.model_dump(exclude_none=True)
+        for key, value in values.items():
+            set_dotted(raw, key, value)
+        return validate(raw)
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved settings as dotted keys (the sweep's search space excluded)."""
+        return {k: v for k, v in flatten(self.model_dump()).items() if not k.startswith("sweep.space")}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise HarnessError(f"{key}: {p!r} is a value, not a section")
+    node[leaf] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`KEY=VALUE` with VALUE read as a TOML literal (bare words are strings)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise HarnessError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.01")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def _one_line(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{got}{more}"
+
+
+def validate(raw: dict[str, Any], source: str = "experiment") -> Experiment:
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as e:
+        raise HarnessError(_one_line(e, source)) from None
+
+
+def load_experiment(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Read an experiment file (default: experiments/quickstart.toml) and apply `--set`s.
+
+    A bare name (`quickstart`) means `experiments/<name>.toml`.
+    """
+    p = Path(path) if path else DEFAULT_EXPERIMENT
+    if not p.exists() and p.suffix != ".toml" and (Path("experiments") / f"{p}.toml").exists():
+        p = Path("experiments") / f"{p}.toml"
+    if not p.is_file():
+        raise HarnessError(f"experiment file {str(p)!r} not found; pass a path to a .toml file (see experiments/)")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise HarnessError(f"{p}: not valid TOML: {e}") from None
+    raw.setdefault("name", p.stem)
+    for item in sets:
+        key, value = parse_set(item)
+        set_dotted(raw, key, value)
+    return validate(raw, str(p))

@@ -1,0 +1,140 @@
+"""The task registry: `load_task(name, **options) -> Task`.
+
+A task is data (train / validation / test tensors), its I/O kind (see `harness.archs`),
+and its loss and metric. Validation is carved from the training set with a fixed seed and is
+what sweeps select on; the test split is evaluated once, after training, and never used to
+choose anything. A new task is one module here with one function under `@register_task`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+
+_registry = Registry("task")
+register_task = _registry.register
+
+
+def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of correct class predictions; per-step outputs count each labelled step
+    (targets of -100 are unlabelled, as in `cross_entropy`'s `ignore_index`)."""
+    mask = y != -100
+    return (out.argmax(-1)[mask] == y[mask]).float().mean()
+
+
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(out, y)
+
+
+# metric name → (function, larger is better)
+METRICS: dict[str, tuple[Callable, bool]] = {"accuracy": (accuracy, True), "mse": (mse, False)}
+LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": mse}
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    name: str
+    io: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    input_size: int
+    output_size: int
+    seq_len: int  # steps read (many-to-*) or produced (one-to-many); 1 for one-to-one
+    loss: str = "cross_entropy"
+    metric: str = "accuracy"
+    baseline: float | None = None  # loss of the trivial predictor, where the task defines one
+
+    @property
+    def loss_fn(self) -> Callable:
+        return LOSSES[self.loss]
+
+    @property
+    def metric_fn(self) -> Callable:
+        return METRICS[self.metric][0]
+
+    @property
+    def maximize(self) -> bool:
+        return METRICS[self.metric][1]
+
+    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
+
+    def split_hashes(self) -> dict[str, str]:
+        """Short content hash of each split, for logging which data a run saw."""
+        out = {}
+        for which in ("train", "val", "test"):
+            h = hashlib.sha256()
+            for t in self.split(which):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            out[which] = h.hexdigest()[:12]
+        return out
+
+
+def split_train_val(
+    x: torch.Tensor, y: torch.Tensor, *, val_size: float | int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Carve a validation set (a fraction, or a count) from training data with a fixed seed."""
+    n = len(x)
+    n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+    if not 0 < n_val < n:
+        raise HarnessError(f"task.val_size: {val_size!r} leaves no train or no validation examples of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val], perm[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+def list_tasks(pattern: str = "*") -> list[str]:
+    return _registry.names(pattern)
+
+
+def describe_task(name: str) -> str:
+    """First line of the task's docstring (it names the io kind and shapes)."""
+    doc = (_registry.get(name).__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def task_options(name: str) -> list[str]:
+    """Option names task `name` takes (besides the common `n_train`)."""
+    return [p for p in inspect.signature(_registry.get(name)).parameters if p != "n_train"] + ["n_train"]
+
+
+def load_task(name: str, *, n_train: int | None = None, **options) -> Task:
+    """Load task `name`. `n_train` keeps only the first N training examples (quick runs)."""
+    fn = _registry.get(name)
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise HarnessError(
+            f"task.{unknown[0]}: task {name!r} takes no option {unknown[0]!r}; it takes {', '.join(task_options(name))}"
+        )
+    task = fn(**{k: v for k, v in options.items() if v is not None})
+    if n_train is not None:
+        if not isinstance(n_train, int) or n_train < 1:
+            raise HarnessError(f"task.n_train: must be a positive integer, got {n_train!r}")
+        task = _first(task, n_train)
+    return task
+
+
+def _first(task: Task, n: int) -> Task:
+    from dataclasses import replace
+
+    return replace(task, x_train=task.x_train[:n], y_train=task.y_train[:n])
+
+
+from harness.tasks import mnist1d  # noqa: E402,F401  (registers the built-in tasks)
