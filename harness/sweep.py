@@ -150,9 +150,9 @@ def run_sweep(exp: Experiment, *, study_name: str | None = None, storage: str | 
         tags = {"harness.role": "trial", "harness.study": study_name, "harness.trial": trial.number}
         result = tracked_fit(
             client, exp_id, trial_exp, name=run_name(trial_exp, trial.number), tags=tags, parent=parent,
-            on_epoch=report, pruned=(optuna.TrialPruned,),
+            on_epoch=report, on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            pruned=(optuna.TrialPruned,),
         )
-        trial.set_user_attr("mlflow_run_id", result.run_id)
         values = [objective_value(result, o.key) for o in objs]
         return values if multi else values[0]
 

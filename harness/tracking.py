@@ -109,11 +109,13 @@ def tracked_fit(
     parent: str | None = None,
     device: str | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
     pruned: tuple[type[BaseException], ...] = (),
 ) -> TrialResult:
     """Build and train `exp` as one MLflow run; the run ends FINISHED, KILLED (pruned) or FAILED.
 
-    Exceptions propagate after the run is closed, so the caller (the sweep) can decide.
+    `on_start(run_id)` is called once the run exists. Exceptions propagate after the run is
+    closed, so the caller (the sweep) can decide.
     """
     dev = resolve_device(device or exp.train.device)
     task, model = build(exp)
@@ -126,6 +128,8 @@ def tracked_fit(
     if "harness.trial" in tags:
         params["trial_number"] = tags["harness.trial"]
     run_id = start_run(client, exp_id, name, tags={**tags, **info}, params=params, parent=parent)
+    if on_start is not None:  # e.g. the sweep records the run id so a dead worker's run can be closed
+        on_start(run_id)
 
     def epoch_hook(epoch: int, record: dict[str, float]) -> None:
         log_metrics(client, run_id, record, step=epoch)
