@@ -1,0 +1,156 @@
+"""The `harness` command end to end: real Optuna SQLite storage, real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from tests.conftest import EXPERIMENTS
+
+QUICK = str(EXPERIMENTS / "quickstart.toml")
+SMALL = ["--set", "train.epochs=2", "--set", "task.n_train=256", "--set", "model.hidden_size=8"]
+
+
+def test_list_archs_and_tasks(capsys):
+    assert main(["list", "archs"]) == 0
+    out = capsys.readouterr().out
+    for name in ("rnn", "lstm", "gru", "brnn", "bilstm", "bigru", "seed-lstm", "mlp"):
+        assert any(line.split()[0] == name for line in out.splitlines()), name
+    assert main(["list", "tasks"]) == 0
+    assert "mnist1d" in capsys.readouterr().out
+    assert main(["list", "archs", "*gru"]) == 0
+    assert capsys.readouterr().out.split() [0] == "bigru"
+
+
+def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
+    assert main(["run", QUICK, "--arch", "gru", *SMALL]) == 0
+    assert "gru on mnist1d" in capsys.readouterr().out
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("quickstart")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.arch"] == "gru" and run.data.params["task.n_train"] == "256"
+    assert run.data.tags["harness.role"] == "run"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == [1, 2]
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, capsys):
+    # Random sampler over the four families with a fixed seed: every trial is a real run.
+    args = ["sweep", QUICK, "--n-trials", "4", "--study", "smoke", "--sampler", "random", "--pruner", "none", *SMALL]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "report: reports/smoke.md" in out and "harness ui" in out
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("harness.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == 4
+    parent = parents[0].info.run_id
+    assert all(t.data.tags["mlflow.parentRunId"] == parent for t in trials)
+    assert sorted(int(t.data.params["trial_number"]) for t in trials) == [0, 1, 2, 3]
+    for t in trials:
+        assert t.info.status == "FINISHED"
+        assert t.info.run_name.startswith(t.data.params["model.arch"] + "-h8-#")
+        assert {"train.lr", "model.arch", "model.hidden_size", "n_params"} <= set(t.data.params)
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_samples_per_s"):
+            assert [m.step for m in client.get_metric_history(t.info.run_id, key)] == [1, 2], key
+
+    archs = {t.data.params["model.arch"] for t in trials}
+    report = (workdir / "reports" / "smoke.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "architecture" not in line]
+    assert {row.split("|")[1].strip() for row in rows} == archs
+    assert (workdir / "reports" / "smoke_curves.png").stat().st_size > 1000
+
+    # Re-running the same command resumes: nothing new to do, same parent run, report again.
+    assert main(args) == 0
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(r.data.tags.get("harness.role") == "study" for r in runs) == 1
+    assert sum(r.data.tags.get("harness.role") == "trial" for r in runs) == 4
+
+    # `harness report` reads MLflow alone, into another folder.
+    assert main(["report", "smoke", "--out", str(workdir / "elsewhere")]) == 0
+    assert (workdir / "elsewhere" / "smoke.md").read_text().splitlines()[4:] == report.splitlines()[4:]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", QUICK, "--set", "train.lr=-1"], "train.lr"),
+        (["run", QUICK, "--arch", "lstmm"], "did you mean"),
+        (["run", QUICK, "--set", "model.hidden_size=0"], "model.hidden_size"),
+        (["run", QUICK, "--set", "task.name=nope"], "unknown task 'nope'"),
+        (["run", QUICK, "--set", "task.colour=1"], "task.colour"),
+        (["sweep", "missing.toml"], "not found"),
+        (["report", "no-such-study"], "no MLflow store"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(workdir, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_input_leaves_no_half_written_store(workdir):
+    assert main(["run", QUICK, "--set", "model.dropout=1.5"]) == 2
+    assert main(["sweep", QUICK, "--set", "model.activation=foo"]) == 2
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("quickstart")
+    assert exp is None or not client.search_runs([exp.experiment_id])
+    assert not (workdir / "optuna.db").exists()
+
+
+def test_installed_command_runs():
+    exe = shutil.which("harness", path=os.path.dirname(sys.executable)) or shutil.which("harness")
+    assert exe, "the console script `harness` is not installed"
+    out = subprocess.run([exe, "list", "archs"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "lstm" in out.stdout
+    bad = subprocess.run([exe, "frobnicate"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_serves_the_tracking_store_on_localhost(workdir):
+    assert main(["run", QUICK, *SMALL, "--set", "train.epochs=1"]) == 0
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "ui", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ},
+    )
+    try:
+        deadline, body = time.time() + 90, ""
+        while time.time() < deadline and not body:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+                    data=b'{"max_results": 10}', headers={"Content-Type": "application/json"},
+                )
+                body = urllib.request.urlopen(req, timeout=5).read().decode()
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                time.sleep(1)
+        assert "quickstart" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
