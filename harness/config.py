@@ -68,6 +68,21 @@ class TrainSettings(_Section):
     eval_batch_size: int = Field(default=1024, gt=0)
 
 
+class TrackingSettings(_Section):
+    """`[tracking]`: what a run records besides its metrics (keys: see the README's table)."""
+
+    # Optimiser steps between gradient-statistics records (the first step always records);
+    # 0 turns them off; unset: 100 on CPU, 500 on GPU, where the probe's step-by-step
+    # recurrence costs more against the fused kernels (keeps the probe near 1% of the time).
+    grad_stats_every: int | None = Field(default=None, ge=0)
+    checkpoint: bool = True  # the chosen epoch's state_dict as checkpoint.pt
+    settings_file: bool = True  # the resolved experiment as settings.json
+    learning_curve: bool = True  # learning_curve.png
+    grad_profile: bool = True  # ‖∂L/∂h_t‖ over steps as grad_profile.csv and .png
+    system_metrics: bool = True  # MLflow's own system/* metrics (CPU, memory, disk, network, GPU)
+    system_metrics_interval: float = Field(default=10.0, gt=0)  # seconds between samples
+
+
 class ParamSpec(_Section):
     """One search dimension: `[a, b, c]` (categorical) or `{low, high, log?, step?}`."""
 
@@ -99,15 +114,30 @@ class ParamSpec(_Section):
 
 
 class SweepSettings(_Section):
-    n_trials: int | None = Field(default=10, gt=0)
-    timeout: float | None = Field(default=None, gt=0)
+    """`[sweep]`: the Optuna study. Without `n_trials` or `timeout` it runs 10 trials."""
+
+    n_trials: int | None = Field(default=None, gt=0)  # finished trials the study should hold
+    timeout: float | None = Field(default=None, gt=0)  # seconds after which no trial starts
     sampler: Literal["tpe", "random", "grid", "qmc", "nsga2"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int | None = 0
-    # "val_<metric>" keys of the trial result; empty means the task's own validation metric.
+    # "val_<metric>:max" style keys of the trial result; empty means the task's own validation metric.
     objectives: list[str] = []
+    # Optuna storage: sqlite:///…, postgresql://…, journal:PATH (or a path ending .log/.journal);
+    # unset: optuna.db in the working directory.
+    storage: str | None = None
+    devices: list[str] = []  # cpu, mps, cuda, cuda:N; empty: train.device, or every visible GPU
+    jobs: int = Field(default=1, gt=0)  # worker processes per device
+    repeat: int = Field(default=0, ge=0)  # re-train each architecture's best trial with this many fresh seeds
     space: dict[str, ParamSpec] = {}
     space_by_arch: dict[str, dict[str, ParamSpec]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_budget(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("n_trials") is None and v.get("timeout") is None:
+            v = {**v, "n_trials": 10}
+        return v
 
     @field_validator("space", "space_by_arch")
     @classmethod
@@ -125,6 +155,7 @@ class Experiment(_Section):
     task: TaskSettings = TaskSettings()
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
+    tracking: TrackingSettings = TrackingSettings()
     sweep: SweepSettings = SweepSettings()
 
     def with_values(self, values: dict[str, Any]) -> Experiment:

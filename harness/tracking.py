@@ -1,19 +1,38 @@
 """MLflow: one experiment per study, a parent run per study, a nested run per trial.
 
 Everything goes through `MlflowClient` with explicit run ids (the fluent API keeps one
-active run per thread, which concurrent trials would trample). Metrics are written once per
-epoch in one batch, never per optimiser step.
+active run per thread, which concurrent trials would trample).
 
-Tags every harness run carries: `harness.role` (study | trial | run), `harness.study`, and for
-trials `harness.trial` and `harness.state` (complete | pruned | failed); failures add
-`harness.failure` (e.g. `diverged`) and `harness.error`.
+What a trial's run holds (the README's table lists every key, unit and meaning):
+- params: the resolved settings as dotted keys (the task's defaults filled in, the device
+  resolved), `n_params`, `flops_per_sample`, `trial_number`;
+- tags: `harness.role` (study | trial | run), `harness.study`, `harness.trial`, `harness.state`
+  (complete | pruned | failed), on failure `harness.failure` (`diverged` or the exception's
+  type), `harness.error` and, for divergence, `harness.failure_epoch` / `harness.failure_step`;
+  `harness.git_commit` (also as `mlflow.source.git.commit`), `torch_version`, `device`,
+  `split_hash.<split>`;
+- metrics: per epoch (step = epoch), gradient statistics (step = optimiser step), final ones
+  (step 0), and MLflow's own `system/*` metrics;
+- artifacts: settings.json, learning_curve.png, grad_profile.csv/.png, checkpoint.pt.
+
+Metrics are buffered and written in one batch at most every `FLUSH_S` seconds and when the run
+ends, never per optimiser step.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+import logging
+import math
 import platform
+import subprocess
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,8 +40,13 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.archs import count_params, model_flops
-from harness.config import Experiment, tracking_uri
+from harness.config import Experiment, TrackingSettings, tracking_uri
+from harness.gradients import GradStats, default_every
+from harness.tasks import Task
 from harness.train import Diverged, TrialResult, build, fit, resolve_device
+
+FLUSH_S = 5.0  # seconds between metric writes while a run trains
+BATCH = 1000  # MLflow's limit of metrics per log_batch
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -74,7 +98,31 @@ def start_run(
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    _write(client, run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def _write(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for i in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + BATCH])
+
+
+class MetricBuffer:
+    """A run's metrics, kept in memory and written in batches: at most every `every_s` seconds
+    (the first add writes at once, so the UI shows the run early) and on `flush(force=True)`."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every_s: float = FLUSH_S):
+        self.client, self.run_id, self.every_s = client, run_id, every_s
+        self.metrics: list[Metric] = []
+        self.last = -math.inf
+
+    def add(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+    def flush(self, force: bool = False) -> None:
+        if self.metrics and (force or time.monotonic() - self.last >= self.every_s):
+            _write(self.client, self.run_id, self.metrics)
+            self.metrics, self.last = [], time.monotonic()
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
@@ -99,6 +147,138 @@ def run_name(exp: Experiment, number: int | None = None) -> str:
     return name if number is None else f"{name}-#{number}"
 
 
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the harness checkout this code runs from (`+dirty` with local changes),
+    or None when harness is not run from its own git checkout (e.g. installed from a wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        if top.returncode or Path(top.stdout.split()[0]).resolve() != root:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+    return top.stdout.split()[1] + ("+dirty" if dirty else "")
+
+
+def device_name(dev: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (Linux) or architecture."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or dev.type
+
+
+def run_tags(task: Task, dev: torch.device) -> dict[str, str]:
+    """Where a run ran and on which data: versions, device, split hashes, harness commit."""
+    tags = {"torch_version": torch.__version__, "device": device_name(dev),
+            **{f"split_hash.{k}": v for k, v in task.split_hashes().items()}}
+    commit = git_commit()
+    if commit:
+        tags |= {"harness.git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("+dirty")}
+    return tags
+
+
+def run_params(exp: Experiment, model: torch.nn.Module, task: Task, dev: torch.device, every: int) -> dict[str, Any]:
+    """The resolved settings as dotted keys, the model's size and analytic FLOPs."""
+    from harness.tasks import _registry as tasks  # the task's own defaults fill unset options
+
+    params = {k: v for k, v in exp.flat().items() if k.split(".")[0] in ("task", "model", "train", "tracking")}
+    for name, p in _signature(tasks.get(exp.task.name)).items():
+        if params.get(f"task.{name}") is None and p.default is not p.empty:
+            params[f"task.{name}"] = p.default
+    params |= {"train.device": str(dev), "tracking.grad_stats_every": every,
+               "n_params": count_params(model), "flops_per_sample": model_flops(model, task.seq_len)}
+    return params
+
+
+def _signature(fn) -> dict:
+    try:
+        return dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def start_system_metrics(client: MlflowClient, run_id: str, cfg: TrackingSettings):
+    """MLflow's own system-metrics sampler (CPU, memory, disk, network; GPU with nvidia-ml-py)
+    on a background thread for this run, or None when off or unavailable (it needs psutil)."""
+    if not cfg.system_metrics:
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as e:
+        warnings.warn(f"system metrics off: {e} (pip install psutil)", stacklevel=2)
+        return None
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop chatter per trial
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.system_metrics_interval, tracking_uri=client.tracking_uri)
+    monitor.start()
+    return monitor
+
+
+def learning_curve(history: list[dict[str, float]], metric: str, best_epoch: int, path: Path) -> Path:
+    """Loss and metric per epoch, train and validation, the chosen epoch marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = range(1, len(history) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key in zip(axes, ("loss", metric), strict=True):
+        for split in ("train", "val"):
+            ax.plot(epochs, [h[f"{split}_{key}"] for h in history], marker="o", ms=3, label=split)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls=":", label=f"chosen (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_artifacts(
+    client: MlflowClient, run_id: str, exp: Experiment, *, metric: str, history: list[dict[str, float]],
+    best_epoch: int, stats: GradStats | None, model: torch.nn.Module | None,
+) -> None:
+    """The run's files, each as its `[tracking]` setting asks; `model` None: no checkpoint."""
+    cfg = exp.tracking
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if cfg.settings_file:
+            (folder / "settings.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
+        if cfg.learning_curve and history:
+            learning_curve(history, metric, best_epoch, folder / "learning_curve.png")
+        if cfg.grad_profile and stats is not None:
+            stats.write_profile(folder)
+        if cfg.checkpoint and model is not None:
+            # load with torch.load(path, weights_only=True): plain tensors only, no pickled code
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "checkpoint.pt")
+        if any(folder.iterdir()):
+            client.log_artifacts(run_id, tmp)
+
+
+def failure_tags(e: BaseException, pruned: tuple[type[BaseException], ...]) -> tuple[dict[str, Any], str]:
+    """The tags and final status of a run that ended with `e`."""
+    if pruned and isinstance(e, pruned):
+        return {"harness.state": "pruned"}, "KILLED"
+    tags = {"harness.state": "failed", "harness.error": str(e) or repr(e)}
+    if isinstance(e, Diverged):
+        return tags | {"harness.failure": "diverged", "harness.failure_epoch": e.epoch, "harness.failure_step": e.step}, "FAILED"
+    return tags | {"harness.failure": type(e).__name__}, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+
+
 def tracked_fit(
     client: MlflowClient,
     exp_id: str,
@@ -115,44 +295,62 @@ def tracked_fit(
     """Build and train `exp` as one MLflow run; the run ends FINISHED, KILLED (pruned) or FAILED.
 
     `on_start(run_id)` is called once the run exists. Exceptions propagate after the run is
-    closed, so the caller (the sweep) can decide.
+    closed (metrics so far, artifacts but the checkpoint, tags), so the caller (the sweep) can decide.
     """
     dev = resolve_device(device or exp.train.device)
     task, model = build(exp)
-    info = {
-        "torch_version": torch.__version__, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        **{f"split_hash.{k}": v for k, v in task.split_hashes().items()},
-    }
-    params = {k: v for k, v in exp.flat().items() if k.split(".")[0] in ("task", "model", "train")}
-    params |= {"n_params": count_params(model), "flops_per_sample": model_flops(model, task.seq_len)}
+    every = exp.tracking.grad_stats_every
+    every = default_every(dev) if every is None else every
+    params = run_params(exp, model, task, dev, every)
     if "harness.trial" in tags:
         params["trial_number"] = tags["harness.trial"]
-    run_id = start_run(client, exp_id, name, tags={**tags, **info}, params=params, parent=parent)
+    run_id = start_run(client, exp_id, name, tags={**tags, **run_tags(task, dev)}, params=params, parent=parent)
     if on_start is not None:  # e.g. the sweep records the run id so a dead worker's run can be closed
         on_start(run_id)
+    stats = GradStats(model, every=every, clip_norm=exp.train.clip_norm) if every else None
+    buffer = MetricBuffer(client, run_id)
+    history: list[dict[str, float]] = []
+    monitor = start_system_metrics(client, run_id, exp.tracking)
 
     def epoch_hook(epoch: int, record: dict[str, float]) -> None:
-        log_metrics(client, run_id, record, step=epoch)
+        history.append(record)
+        buffer.add(record, step=epoch)
+        for step, values in stats.drain() if stats is not None else ():
+            buffer.add(values, step=step)
+        buffer.flush()
         if on_epoch is not None:
             on_epoch(epoch, record)
 
+    def record(final: dict[str, float] | None, result: TrialResult | None) -> None:
+        for step, values in stats.drain() if stats is not None else ():
+            buffer.add(values, step=step)
+        if final:  # step 0; a key also logged per epoch (train_samples_per_s) already ends on its final value
+            buffer.add({k: v for k, v in final.items() if k not in history[-1]})
+        buffer.flush(force=True)
+        write_artifacts(client, run_id, exp, metric=task.metric, history=history, best_epoch=result.best_epoch if result else 0,
+                        stats=stats, model=model if result else None)
+
+    def end(end_tags: dict[str, Any], status: str) -> None:
+        if monitor is not None:
+            monitor.finish()
+        set_tags(client, run_id, end_tags)
+        client.set_terminated(run_id, status)
+
     try:
-        result = fit(model, task, exp.train, device=dev, on_epoch=epoch_hook)
-    except pruned:
-        set_tags(client, run_id, {"harness.state": "pruned"})
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except Diverged as e:
-        set_tags(client, run_id, {"harness.state": "failed", "harness.failure": "diverged",
-                                  "harness.failure_epoch": e.epoch, "harness.failure_step": e.step, "harness.error": str(e)})
-        client.set_terminated(run_id, "FAILED")
-        raise
+        result = fit(model, task, exp.train, device=dev, on_epoch=epoch_hook, grad_stats=stats)
     except BaseException as e:
-        set_tags(client, run_id, {"harness.state": "failed", "harness.failure": type(e).__name__, "harness.error": str(e) or repr(e)})
-        client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        try:  # keep what the run logged up to here; the trial's own failure is the one to report
+            record(None, None)
+        except Exception as log_error:
+            warnings.warn(f"run {run_id}: logging after {type(e).__name__} failed: {log_error}", stacklevel=2)
+        finally:
+            end(*failure_tags(e, pruned))
         raise
-    log_metrics(client, run_id, result.final_metrics())
-    set_tags(client, run_id, {"harness.state": "complete"})
-    client.set_terminated(run_id, "FINISHED")
+    try:
+        record(result.final_metrics(), result)
+    except BaseException as e:
+        end(*failure_tags(e, pruned))
+        raise
+    end({"harness.state": "complete"}, "FINISHED")
     result.run_id = run_id
     return result

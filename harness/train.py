@@ -1,9 +1,11 @@
 """The one training loop, shared by every task and architecture.
 
 `fit` trains a model on a task's tensors, evaluates validation every epoch, restores the
-epoch the validation metric chose, and measures the test split once at the end. It knows
-nothing of Optuna or MLflow: callers pass `on_epoch`, which may raise (to prune) and which is
-where tracking logs.
+epoch the validation metric chose, measures the test split once at the end, then the model's
+inference latency and the run's memory and FLOP rate (`harness.speed`). It knows nothing of
+Optuna or MLflow: callers pass `on_epoch`, which may raise (to prune) and which is where
+tracking logs, and optionally a `GradStats` (`harness.gradients`) that records gradient
+statistics on its steps. A non-finite loss or gradient raises `Diverged` (see `FiniteCheck`).
 """
 
 from __future__ import annotations
@@ -17,18 +19,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness import speed
 from harness.archs import count_params, create_model, model_flops
 from harness.config import Experiment, TrainSettings
 from harness.errors import HarnessError
+from harness.gradients import Diverged, FiniteCheck, GradStats, clip_, grad_norm
 from harness.tasks import Task, load_task
 
-
-class Diverged(RuntimeError):
-    """The loss or a gradient became non-finite."""
-
-    def __init__(self, epoch: int, step: int, what: str):
-        super().__init__(f"non-finite {what} at epoch {epoch}, step {step}")
-        self.epoch, self.step = epoch, step
+__all__ = ["Diverged", "TrialResult", "build", "evaluate", "fit", "make_optimizer", "resolve_device"]
 
 
 @dataclass
@@ -44,7 +42,11 @@ class TrialResult:
     best_val: float = math.nan
     test_loss: float = math.nan
     test_metric: float = math.nan
+    steps: int = 0  # optimiser steps taken
+    samples_trained: int = 0
+    train_time_s: float = 0.0  # time in training steps only (no evaluation)
     total_time_s: float = 0.0
+    speed: dict[str, float] = field(default_factory=dict)  # latency, memory, FLOP rate (harness.speed)
     run_id: str | None = None  # set by tracking
 
     def final_metrics(self) -> dict[str, float]:
@@ -54,8 +56,10 @@ class TrialResult:
             f"test_{m}": self.test_metric,
             f"best_val_{m}": self.best_val,
             "best_epoch": float(self.best_epoch),
-            "train_samples_per_s": sum(h["train_samples_per_s"] for h in self.history) / max(1, len(self.history)),
+            # the last epoch's rate, past the first epoch's warm-up (MLflow's latest value too)
+            "train_samples_per_s": self.history[-1]["train_samples_per_s"] if self.history else math.nan,
             "total_time_s": self.total_time_s,
+            **self.speed,
         }
 
 
@@ -113,41 +117,61 @@ def fit(
     *,
     device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    grad_stats: GradStats | None = None,
 ) -> TrialResult:
-    """Train, select the best validation epoch, test once. Raises `Diverged` on NaN/inf."""
+    """Train, select the best validation epoch, test once. Raises `Diverged` on NaN/inf.
+
+    `on_epoch(epoch, record)` runs after each epoch's validation; `grad_stats` records on its
+    steps (its probe forward then replaces the plain one: same output, every h_t kept).
+    """
     start = time.perf_counter()
     model.to(device)
+    speed.reset_peak_memory(device)
     result = TrialResult(
         metric=task.metric, maximize=task.maximize,
         n_params=count_params(model), flops_per_sample=model_flops(model, task.seq_len),
     )
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
-    opt = make_optimizer(model.parameters(), cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg)
+    check = FiniteCheck(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     best_state = None
-    n, m = len(x_train), task.metric
+    n, m, step = len(x_train), task.metric, 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen).to(device)
         total_loss = total_metric = torch.zeros((), device=device)
-        for step, i in enumerate(range(0, n, cfg.batch_size)):
+        for i in range(0, n, cfg.batch_size):
+            step += 1
             idx = order[i : i + cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
-            out = model(xb)
+            probing = grad_stats is not None and grad_stats.due(step)
+            out, hidden = grad_stats.forward(model, xb) if probing else (model(xb), None)
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            norm = grad_norm(params)
+            if grad_stats is not None:
+                grad_stats.observe(norm)
+            failure = check.update(epoch, step, loss, norm)
+            if grad_stats is not None and (probing or (failure is not None and failure.step == step)):
+                grad_stats.record(step, epoch, norm, hidden)
+            if failure is not None:
+                raise failure
             if cfg.clip_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                clip_(params, cfg.clip_norm, norm)
             opt.step()
             # Accumulate on device: no host sync per step.
             total_loss = total_loss + loss.detach() * len(idx)
             total_metric = total_metric + task.metric_fn(out.detach(), yb) * len(idx)
+        failure = check.flush()
+        if failure is not None:
+            raise failure
         train_loss = total_loss.item() / n
-        if not math.isfinite(train_loss):
-            raise Diverged(epoch, step, "loss")
         train_time = time.perf_counter() - t0
+        result.steps, result.samples_trained, result.train_time_s = step, result.samples_trained + n, result.train_time_s + train_time
         val_loss, val_metric = evaluate(model, task, "val", device, cfg.eval_batch_size)
         record = {
             "train_loss": train_loss, f"train_{m}": total_metric.item() / n,
@@ -165,5 +189,8 @@ def fit(
             on_epoch(epoch, record)
     model.load_state_dict(best_state)
     result.test_loss, result.test_metric = evaluate(model, task, "test", device, cfg.eval_batch_size)
+    result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device)
+    result.speed["peak_memory_mb"] = speed.peak_memory_mb(device)
     result.total_time_s = time.perf_counter() - start
+    result.speed |= speed.training_speed(result.flops_per_sample, record["train_samples_per_s"], device)
     return result

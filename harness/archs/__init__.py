@@ -2,32 +2,42 @@
 
 I/O contract (batch first, every architecture, every task):
 
-| io            | input x      | output            | recurrent head                                   |
-|---------------|--------------|-------------------|--------------------------------------------------|
-| one-to-one    | (B, I)       | (B, O)            | x read as a 1-step sequence, last state → linear |
-| many-to-one   | (B, T, I)    | (B, O)            | last state → linear                               |
-| many-to-many  | (B, T, I)    | (B, T, O)         | every step's state → linear                       |
+| io            | input x      | output            | recurrent head                                      |
+|---------------|--------------|-------------------|-----------------------------------------------------|
+| one-to-one    | (B, I)       | (B, O)            | x read as a 1-step sequence, last state → linear    |
+| many-to-one   | (B, T, I)    | (B, O)            | last state → linear                                 |
+| many-to-many  | (B, T, I)    | (B, T, O)         | every step's state → linear                         |
 | one-to-many   | (B, I)       | (B, T, O)         | x repeated for T steps, every step's state → linear |
 
 T is `seq_len`. "Last state" of a bidirectional model is the forward direction's h_T joined
-with the backward direction's h_1 (each direction's final state), so every head reads both
-directions.
+with the backward direction's h_1 (each direction's final state), and per-step heads read both
+directions' h_t, so every head reads both directions.
 
-A model is an `nn.Module` whose `forward(x)` returns the output above. Recurrent models also
+A model is an `nn.Module` whose `forward(x)` returns the output above. Built-in models also
 accept `forward(x, return_hidden=True)`, returning `(output, hidden)` where `hidden[d][t]` is
-the top layer's state h_t of direction d as a tensor on the autograd path (so after
-`backward()` its `.grad` is the full ∂L/∂h_t, through time). Models may define
-`flops(seq_len) -> int`, the analytic forward FLOPs per sample.
+the top layer's state h_t of direction d, on the autograd path: `torch.autograd.grad(loss,
+hidden[d])` is the full ∂L/∂h_t, through time (the MLP has no time steps: `hidden == []`).
+Without `return_hidden` nothing changes: the fused kernels run as usual. Models may define
+`flops(seq_len) -> int`, the analytic forward FLOPs per sample (matmuls: 2·G·H·(I+H) per step,
+direction and layer, G = 1 / 3 / 4 for RNN / GRU / LSTM, plus heads; training ≈ 3× forward).
 
-A new architecture is one function decorated with `@register_model` that returns such a
-module; users register theirs through the `harness.archs` entry-point group or name it as
-`module:function` in an experiment file.
+A new architecture is one function decorated with `@register_model` that takes
+`input_size, output_size, io, seq_len` and its own options as keywords and returns such a
+module. Users plug in theirs without touching harness: name it `module:function` in an
+experiment file, or register it under the `harness.archs` entry-point group of their package.
+Overrides set to None are dropped; an override the function does not take, or an invalid
+value, is a `HarnessError` naming `model.<option>`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+import os
 import re
+import sys
+import warnings
 from importlib.metadata import entry_points
 
 from torch import nn
@@ -36,6 +46,8 @@ from harness.errors import HarnessError
 from harness.registry import Registry
 
 IO_KINDS = ("one-to-one", "one-to-many", "many-to-one", "many-to-many")
+CONTRACT = ("input_size", "output_size", "io", "seq_len")  # keywords every factory takes
+ENTRY_POINT_GROUP = "harness.archs"
 
 _registry = Registry("architecture")
 register_model = _registry.register
@@ -43,31 +55,79 @@ _plugins_loaded = False
 
 
 def _load_plugins() -> None:
+    """Register the `harness.archs` entry points of installed packages, once per process."""
     global _plugins_loaded
     if _plugins_loaded:
         return
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _registry.entries:
+            warnings.warn(f"architecture plug-in {ep.name!r} ({ep.value}) ignored: a built-in has that name", stacklevel=2)
+            continue
+        try:
+            found[ep.name] = ep.load()
+        except Exception as e:  # a broken plug-in is the user's input: report it on one line
+            raise HarnessError(
+                f"model.arch: plug-in {ep.name!r} (entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r}) "
+                f"failed to import: {_one_line(e)}"
+            ) from None
+    _registry.entries.update(found)
     _plugins_loaded = True
-    for ep in entry_points(group="harness.archs"):
-        if ep.name not in _registry.entries:
-            _registry.entries[ep.name] = ep.load()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _import_ref(ref: str):
+    """`package.module:function` → the function; the working directory is searched last, so
+    a `my_archs.py` beside the experiment file works from the installed `harness` command."""
+    module, _, attr = ref.partition(":")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.append(os.getcwd())
+    try:
+        fn = functools.reduce(getattr, attr.split("."), importlib.import_module(module))
+    except Exception as e:
+        raise HarnessError(f"model.arch: cannot import {ref!r} ({_one_line(e)}); expected package.module:function") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    if not callable(fn):
+        raise HarnessError(f"model.arch: {ref!r} is a {type(fn).__name__}, not a function returning an nn.Module")
+    return fn
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered architecture names matching a shell-style wildcard, e.g. `'*lstm*'`."""
+    """Registered architecture names (plug-ins included) matching a shell-style wildcard, e.g. `'*lstm*'`."""
     _load_plugins()
     return _registry.names(pattern)
 
 
 def get_model_fn(name: str):
-    """The factory registered as `name`, or a `module:function` reference."""
+    """The factory registered as `name` (built-in or plug-in), or a `module:function` reference."""
     if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise HarnessError(f"model.arch: cannot import {name!r} ({e})") from None
+        return _import_ref(name)
     _load_plugins()
     return _registry.get(name)
+
+
+def _keywords(fn) -> list[str] | None:
+    """The keyword names `fn` takes, or None when it takes any (`**kwargs`) or cannot say."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def model_options(fn) -> list[str] | None:
+    """The override names a factory takes, or None when it takes any (`**kwargs`)."""
+    names = _keywords(fn)
+    return None if names is None else [n for n in names if n not in CONTRACT]
 
 
 def create_model(
@@ -78,13 +138,27 @@ def create_model(
         raise HarnessError(f"io: {io!r} is not one of {', '.join(IO_KINDS)}")
     fn = get_model_fn(name)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    names = _keywords(fn)
+    if names is not None:
+        if not set(CONTRACT) <= set(names):
+            raise HarnessError(f"model.arch: {name!r} must take the keywords {', '.join(CONTRACT)} (see harness.archs)")
+        options = [n for n in names if n not in CONTRACT]
+        for key in overrides:
+            if key not in options:
+                takes = f"it takes {', '.join(options)}" if options else "it takes no options"
+                raise HarnessError(f"model.{key}: architecture {name!r} takes no option {key!r}; {takes}")
     try:
-        return fn(input_size=input_size, output_size=output_size, io=io, seq_len=seq_len, **overrides)
-    except TypeError as e:
+        model = fn(input_size=input_size, output_size=output_size, io=io, seq_len=seq_len, **overrides)
+    except TypeError as e:  # a factory with **kwargs that passes an unknown one on
         m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        if m:
+        if m and m[1] in overrides:
             raise HarnessError(f"model.{m[1]}: architecture {name!r} takes no option {m[1]!r}") from None
+        if m and m[1] in CONTRACT:
+            raise HarnessError(f"model.arch: {name!r} must take the keywords {', '.join(CONTRACT)} (see harness.archs)") from None
         raise
+    if not isinstance(model, nn.Module):
+        raise HarnessError(f"model.arch: {name!r} returned a {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def count_params(model: nn.Module) -> int:

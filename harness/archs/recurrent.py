@@ -1,21 +1,167 @@
 """Elman RNN (tanh, relu, sigmoid), LSTM and GRU: uni- or bidirectional, stacked, every io.
 
-tanh/relu/LSTM/GRU run on torch's fused `nn.RNN`/`nn.LSTM`/`nn.GRU` (cuDNN on GPU); sigmoid
-has no torch kernel, so `SigmoidRNN` keeps `nn.RNN`'s parameters and layout and runs its own
-recurrence. `unroll` re-runs any of them one step at a time with the module's own weights,
-which puts every h_t on the autograd path for the gradient-through-time probe.
+tanh/relu/LSTM/GRU run on torch's fused `nn.RNN`/`nn.LSTM`/`nn.GRU` (cuDNN on GPU). The
+sigmoid Elman RNN has no torch kernel, so `ElmanRNN` keeps `nn.RNN`'s parameters, layout and
+signature and runs `elman_scan`: the input projection of every step is one matmul, the time
+loop does one matmul per step forward and one backward (a hand-written backpropagation through
+time, which on a CPU stops carrying a gradient that has vanished), and the recurrent weight's
+gradient is one matmul over all steps: forward + backward is faster than torch's own tanh
+`nn.RNN` at the same size on a CPU (benchmarks/bench_sigmoid_rnn.py). `unroll` re-runs any of them
+one step at a time with the module's own weights, which puts every h_t on the autograd path for
+the gradient-through-time probe.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from harness.archs import IO_KINDS, check, register_model
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_SIGMOID": 1, "GRU": 3, "LSTM": 4}
 PER_STEP = ("many-to-many", "one-to-many")
+ACTIVATIONS = ("tanh", "relu", "sigmoid")
+
+
+# --- the Elman recurrence with a hand-written backward ---------------------------------------
+
+_ACT_ = {"tanh": torch.tanh_, "relu": torch.relu_, "sigmoid": torch.sigmoid_}
+
+
+def _act_backward_(act: str, grad: torch.Tensor, out: torch.Tensor) -> None:
+    """grad *= act'(z), written in place; each derivative is read off the output h = act(z)."""
+    if act == "sigmoid":
+        torch.ops.aten.sigmoid_backward.grad_input(grad, out, grad_input=grad)
+    elif act == "tanh":
+        torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=grad)
+    else:
+        torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+
+
+def _steps(n: int, reverse: bool) -> range:
+    return range(n - 1, -1, -1) if reverse else range(n)
+
+
+# On a CPU, a gradient vanishing through time passes through subnormal floats, which cost x86
+# cores up to ~100× per operation (a 64×128·128×128 matmul: 16 µs → 2.4 ms), so a many-to-one
+# sigmoid RNN of 100 steps ran 5× slower than nn.RNN. Once the carried gradient is below
+# VANISH_RELATIVE of the largest incoming one (far under float32's 6e-8 rounding of any sum it
+# joins), it is set to zero and the recurrent matmul is skipped until a step's own output
+# brings a gradient again. GPUs compute subnormals at full speed and are never checked.
+VANISH_RELATIVE = 1e-15
+VANISH_CHECK_EVERY = 8  # steps between checks: each costs a reduction and a host read
+
+
+def _direct_gradients(grad: torch.Tensor) -> tuple[list[bool] | None, float]:
+    """Which steps receive a gradient of their own, and the magnitude that counts as vanished
+    (None: no checks, on a GPU or when a gradient is not finite)."""
+    if grad.device.type != "cpu" or not len(grad):
+        return None, 0.0
+    per_step = grad.abs().flatten(1).amax(1).tolist()
+    tiny = max(per_step) * VANISH_RELATIVE
+    if not math.isfinite(tiny):
+        return None, 0.0
+    return [m > tiny for m in per_step], tiny
+
+
+class _ElmanScan(torch.autograd.Function):
+    """h_t = act(pre_t + h_{t-1} W_hhᵀ) over time-major `pre` (T, B, H), from h0 (B, H)."""
+
+    @staticmethod
+    def forward(ctx, pre, h0, w_hh, act, reverse):
+        out = pre.clone(memory_format=torch.contiguous_format)  # z_t is accumulated in place
+        # A contiguous W_hhᵀ takes BLAS's untransposed path: about a fifth faster per step here.
+        w_t, h, act_ = w_hh.t().contiguous(), h0, _ACT_[act]
+        for t in _steps(len(pre), reverse):
+            h = act_(out[t].addmm_(h, w_t))
+        ctx.save_for_backward(out, h0, w_hh)
+        ctx.act, ctx.reverse = act, reverse
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        out, h0, w_hh = ctx.saved_tensors
+        # g becomes ∂L/∂pre in place: g_t = (∂L/∂h_t direct + g_{t+1} W_hh) ⊙ act'(z_t).
+        g = grad_out.clone(memory_format=torch.contiguous_format)
+        order = _steps(len(out), not ctx.reverse)  # backwards in time
+        fresh, tiny = _direct_gradients(g)
+        carrying = True
+        for i, t in enumerate(order):
+            if i and carrying:
+                g[t].addmm_(g[order[i - 1]], w_hh)
+            _act_backward_(ctx.act, g[t], out[t])
+            if fresh is not None:
+                if fresh[t]:
+                    carrying = True
+                elif carrying and i % VANISH_CHECK_EVERY == 0 and g[t].abs().amax().item() < tiny:
+                    g[t].zero_()
+                    carrying = False
+        first = g[order[-1]]  # the first step in time, which read h0
+        # ∂L/∂W_hh = Σ_t g_tᵀ h_{t-1}: one matmul over all steps but the first, whose h_{t-1} is h0.
+        g_rest, h_prev = (g[:-1], out[1:]) if ctx.reverse else (g[1:], out[:-1])
+        grad_w = None
+        if ctx.needs_input_grad[2]:
+            grad_w = torch.addmm(first.t() @ h0, g_rest.flatten(0, 1).t(), h_prev.flatten(0, 1))
+        grad_h0 = first @ w_hh if ctx.needs_input_grad[1] else None
+        return g, grad_h0, grad_w, None, None
+
+
+def elman_scan(pre: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, act: str, reverse: bool = False) -> torch.Tensor:
+    """All states h_1..h_T (T, B, H) of an Elman recurrence, given its input projections
+    `pre` = x W_ihᵀ + b (T, B, H); `reverse` runs from t = T to 1."""
+    # The in-place matmuls need one dtype (autocast may have made `pre` half precision).
+    return _ElmanScan.apply(pre, h0.to(pre.dtype), w_hh.to(pre.dtype), act, reverse)
+
+
+class ElmanRNN(nn.RNN):
+    """`nn.RNN` with `nonlinearity` tanh, relu or sigmoid, run by `elman_scan`.
+
+    Same constructor keywords, parameters, inputs and outputs as `nn.RNN`. The registry uses it
+    for sigmoid only (torch has fused kernels for the other two); with tanh it reproduces
+    `nn.RNN`, which is how its backward is tested.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh", **kwargs):
+        if nonlinearity not in ACTIVATIONS:
+            raise ValueError(f"nonlinearity must be one of {ACTIVATIONS}, got {nonlinearity!r}")
+        # nn.RNN knows no sigmoid; its mode only steers the fused kernel, which is never called.
+        super().__init__(input_size, hidden_size, nonlinearity="relu" if nonlinearity == "relu" else "tanh", **kwargs)
+        self.nonlinearity = nonlinearity
+
+    def flatten_parameters(self) -> None:
+        """No-op: cuDNN's single weight buffer only serves the fused kernel."""
+
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None):  # noqa: A002 - nn.RNN's names
+        batched = input.dim() == 3
+        x = (input.transpose(0, 1) if self.batch_first else input) if batched else input.unsqueeze(1)
+        dirs = 2 if self.bidirectional else 1
+        if hx is None:
+            hx = x.new_zeros(self.num_layers * dirs, x.shape[1], self.hidden_size)
+        elif not batched:
+            hx = hx.unsqueeze(1)
+        finals = []
+        for layer in range(self.num_layers):
+            if layer:
+                x = F.dropout(x, self.dropout, self.training)
+            outs = []
+            for d in range(dirs):
+                w_ih, w_hh, b_ih, b_hh = _weights(self, layer, bool(d))
+                pre = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+                outs.append(elman_scan(pre, hx[layer * dirs + d], w_hh, self.nonlinearity, bool(d)))
+                finals.append(outs[-1][0] if d else outs[-1][-1])
+            x = outs[0] if dirs == 1 else torch.cat(outs, -1)
+        h_n = torch.stack(finals)
+        if not batched:
+            return x.squeeze(1), h_n.squeeze(1)
+        return (x.transpose(0, 1) if self.batch_first else x), h_n
+
+
+# --- step-by-step unrolling for the gradient probe -------------------------------------------
 
 
 def _sigmoid_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -32,6 +178,7 @@ CELLS = {
 
 
 def cell_kind(rnn: nn.RNNBase) -> str:
+    """RNN_TANH, RNN_RELU, RNN_SIGMOID, GRU or LSTM."""
     return "RNN_SIGMOID" if getattr(rnn, "nonlinearity", None) == "sigmoid" else rnn.mode
 
 
@@ -41,10 +188,12 @@ def _weights(rnn: nn.RNNBase, layer: int, reverse: bool) -> list[torch.Tensor | 
 
 
 def unroll(rnn: nn.RNNBase, seq: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
-    """`rnn(seq)[0]` computed step by step; also returns `hidden[d][t]`, the top layer's h_t.
+    """`rnn(seq)[0]` (batch first, zero initial state) computed one step at a time; also
+    returns `hidden[d][t]`, the top layer's h_t of direction d.
 
-    Each h_t is one tensor used both by the next step and by the output, so after backward
-    its `.grad` is the full ∂L/∂h_t (the fused kernels only expose the direct part).
+    Each h_t is the one tensor that both the next step and the output read, so
+    `torch.autograd.grad(loss, hidden[d])` (or `.retain_grad()` then `backward()`) gives the
+    full ∂L/∂h_t through time; the fused kernels only expose its direct part.
     """
     kind, lstm = cell_kind(rnn), rnn.mode == "LSTM"
     cell = CELLS[kind]
@@ -59,7 +208,7 @@ def unroll(rnn: nn.RNNBase, seq: torch.Tensor) -> tuple[torch.Tensor, list[list[
             h = seq.new_zeros(batch, rnn.hidden_size)
             state = (h, h) if lstm else h
             hs: list[torch.Tensor] = [h] * steps
-            for t in reversed(range(steps)) if reverse else range(steps):
+            for t in _steps(steps, reverse):
                 state = cell(x[:, t], state, *w)
                 hs[t] = state[0] if lstm else state
             hidden.append(hs)
@@ -67,36 +216,7 @@ def unroll(rnn: nn.RNNBase, seq: torch.Tensor) -> tuple[torch.Tensor, list[list[
     return x, hidden
 
 
-class SigmoidRNN(nn.RNN):
-    """Elman RNN with a logistic-sigmoid activation, in `nn.RNN`'s parameter layout.
-
-    The input projection of all steps is one matmul per layer and direction; only the
-    recurrent product stays in the time loop.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, nonlinearity="tanh", **kwargs)
-        self.nonlinearity = "sigmoid"
-
-    def forward(self, seq, hx=None):  # noqa: ARG002 - same signature as nn.RNN
-        x, steps = seq, seq.shape[1]
-        finals = []
-        for layer in range(self.num_layers):
-            if layer:
-                x = F.dropout(x, self.dropout, self.training)
-            outs = []
-            for reverse in (False, True)[: 2 if self.bidirectional else 1]:
-                w_ih, w_hh, b_ih, b_hh = _weights(self, layer, reverse)
-                pre = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-                h = x.new_zeros(x.shape[0], self.hidden_size)
-                hs = [h] * steps
-                for t in reversed(range(steps)) if reverse else range(steps):
-                    h = torch.sigmoid(torch.addmm(pre[:, t], h, w_hh.t()))
-                    hs[t] = h
-                outs.append(torch.stack(hs, 1))
-                finals.append(h)
-            x = torch.cat(outs, -1)
-        return x, torch.stack(finals)
+# --- heads, FLOPs, initialisation ------------------------------------------------------------
 
 
 def as_sequence(x: torch.Tensor, io: str, seq_len: int) -> torch.Tensor:
@@ -125,6 +245,12 @@ def recurrent_flops(rnn: nn.RNNBase, input_size: int, seq_len: int) -> int:
     return total
 
 
+def head_flops(io: str, seq_len: int, layers: list[nn.Module]) -> int:
+    """Matmul FLOPs of the linear layers of a head, once (many/one-to-one) or per step."""
+    per_call = sum(2 * m.weight.numel() for m in layers if isinstance(m, nn.Linear))
+    return per_call * (seq_len if io in PER_STEP else 1)
+
+
 class RecurrentNet(nn.Module):
     """A recurrent core and one linear head, wired for `io` (see `harness.archs`)."""
 
@@ -147,24 +273,29 @@ class RecurrentNet(nn.Module):
 
     def flops(self, seq_len: int) -> int:
         steps = 1 if self.io == "one-to-one" else seq_len
-        heads = steps if self.io in PER_STEP else 1
-        return recurrent_flops(self.rnn, self.rnn.input_size, steps) + heads * 2 * self.head.weight.numel()
+        return recurrent_flops(self.rnn, self.rnn.input_size, steps) + head_flops(self.io, steps, [self.head])
 
 
-def keras_init(rnn: nn.RNNBase) -> None:
-    """Keras's defaults: glorot-uniform input kernels, orthogonal recurrent kernels, zero
-    biases and, for LSTMs, forget-gate bias 1 (torch's uniform ±1/√H loses accuracy early)."""
-    h = rnn.hidden_size
-    for name, p in rnn.named_parameters():
-        with torch.no_grad():
-            if name.startswith("weight_ih"):
-                nn.init.xavier_uniform_(p)
-            elif name.startswith("weight_hh"):
-                nn.init.orthogonal_(p)
-            else:
-                p.zero_()
-                if rnn.mode == "LSTM" and name.startswith("bias_ih"):
-                    p[h : 2 * h] = 1.0
+def keras_init(module: nn.Module) -> None:
+    """Keras's defaults: glorot-uniform input kernels and dense weights, orthogonal recurrent
+    kernels, zero biases and, for LSTMs, forget-gate bias 1 (torch's uniform ±1/√H loses about
+    3 points on the seed notebook's MNIST model after 3 epochs)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.RNNBase):
+            for name, p in m.named_parameters():
+                with torch.no_grad():
+                    if name.startswith("weight_ih"):
+                        nn.init.xavier_uniform_(p)
+                    elif name.startswith("weight_hh"):
+                        nn.init.orthogonal_(p)
+                    else:
+                        p.zero_()
+            if m.mode == "LSTM":
+                set_forget_bias(m, 1.0)
 
 
 def set_forget_bias(rnn: nn.LSTM, value: float) -> None:
@@ -178,98 +309,131 @@ def set_forget_bias(rnn: nn.LSTM, value: float) -> None:
                 p[h : 2 * h] = 0.0
 
 
-def _build(
-    family: type[nn.RNNBase],
-    extra: dict,
-    *,
-    input_size: int,
-    output_size: int,
-    io: str,
-    seq_len: int,
-    hidden_size: int = 128,
-    num_layers: int = 1,
-    dropout: float = 0.0,
-    bidirectional: bool = False,
-    init: str = "torch",
-) -> tuple[RecurrentNet, nn.RNNBase]:
+# --- family builders (their signatures are the options each variant takes) ------------------
+
+
+def _positive_int(value, field: str) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    check(ok, field, f"must be a positive integer, got {value!r}")
+
+
+def check_dropout(dropout) -> None:
+    ok = isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1
+    check(ok, "dropout", f"must be a probability in [0, 1), got {dropout!r}")
+
+
+def _build(family, extra: dict, *, input_size, output_size, io, seq_len, hidden_size, num_layers, dropout,
+           bidirectional, init) -> RecurrentNet:
     check(io in IO_KINDS, "io", f"{io!r} is not one of {', '.join(IO_KINDS)}")
-    check(isinstance(hidden_size, int) and hidden_size > 0, "hidden_size", f"must be a positive integer, got {hidden_size!r}")
-    check(isinstance(num_layers, int) and num_layers > 0, "num_layers", f"must be a positive integer, got {num_layers!r}")
-    check(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout!r}")
+    _positive_int(hidden_size, "hidden_size")
+    _positive_int(num_layers, "num_layers")
+    check_dropout(dropout)
     check(isinstance(bidirectional, bool), "bidirectional", f"must be true or false, got {bidirectional!r}")
     check(init in ("torch", "keras"), "init", f"must be 'torch' or 'keras', got {init!r}")
-    rnn = family(
-        input_size, hidden_size, num_layers=num_layers, batch_first=True,
-        dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional, **extra,
-    )
+    # Dropout acts between stacked layers only; a single layer has none (torch would warn).
+    rnn = family(input_size, hidden_size, num_layers=num_layers, batch_first=True,
+                 dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional, **extra)
+    net = RecurrentNet(rnn, io=io, output_size=output_size, seq_len=seq_len)
     if init == "keras":
-        keras_init(rnn)
-    return RecurrentNet(rnn, io=io, output_size=output_size, seq_len=seq_len), rnn
-
-
-def elman(*, activation: str = "tanh", **kw) -> RecurrentNet:
-    check(activation in ("tanh", "relu", "sigmoid"), "activation", f"must be tanh, relu or sigmoid, got {activation!r}")
-    if activation == "sigmoid":
-        return _build(SigmoidRNN, {}, **kw)[0]
-    return _build(nn.RNN, {"nonlinearity": activation}, **kw)[0]
-
-
-def lstm_net(*, forget_bias: float | None = None, **kw) -> RecurrentNet:
-    net, rnn = _build(nn.LSTM, {}, **kw)
-    if forget_bias is not None:
-        check(isinstance(forget_bias, (int, float)), "forget_bias", f"must be a number, got {forget_bias!r}")
-        set_forget_bias(rnn, float(forget_bias))
+        keras_init(net)
     return net
 
 
-def gru_net(**kw) -> RecurrentNet:
-    return _build(nn.GRU, {}, **kw)[0]
+def elman(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
+          num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, activation: str = "tanh",
+          init: str = "torch") -> RecurrentNet:
+    """Elman RNN h_t = act(W x_t + U h_{t-1} + b); tanh and relu fused by torch, sigmoid by `ElmanRNN`."""
+    check(activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    family, extra = (ElmanRNN, {"nonlinearity": "sigmoid"}) if activation == "sigmoid" else (nn.RNN, {"nonlinearity": activation})
+    return _build(family, extra, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
+                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional, init=init)
 
 
-# Variants: a name, its defaults, and the user's overrides last.
+def lstm_net(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
+             num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, forget_bias: float | None = None,
+             init: str = "torch") -> RecurrentNet:
+    """LSTM; `forget_bias` sets the forget gate's bias (None keeps the init's own)."""
+    ok = forget_bias is None or (isinstance(forget_bias, (int, float)) and not isinstance(forget_bias, bool))
+    check(ok, "forget_bias", f"must be a number (1.0 per Jozefowicz et al. 2015), got {forget_bias!r}")
+    net = _build(nn.LSTM, {}, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
+                 hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional, init=init)
+    if forget_bias is not None:
+        set_forget_bias(net.rnn, float(forget_bias))
+    return net
+
+
+def gru_net(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
+            num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, init: str = "torch") -> RecurrentNet:
+    """GRU."""
+    return _build(nn.GRU, {}, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
+                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional, init=init)
+
+
+def variant_of(builder):
+    """Mark a variant as a call to `builder`: `inspect.signature` of the variant then lists the
+    builder's options, which is what `create_model` checks overrides against."""
+
+    def mark(fn):
+        fn.__wrapped__ = builder
+        return fn
+
+    return mark
+
+
+# --- the registered variants: defaults first, the caller's overrides last --------------------
+
+
 @register_model
+@variant_of(elman)
 def rnn(**kw):
-    """Elman RNN (tanh by default; activation = tanh | relu | sigmoid)."""
-    return elman(**{"hidden_size": 128, **kw})
+    """RNN: Elman, tanh (activation = tanh | relu | sigmoid); 1 layer × 128."""
+    return elman(**{"hidden_size": 128, "activation": "tanh", **kw})
 
 
 @register_model
+@variant_of(elman)
 def rnn_relu(**kw):
-    """Elman RNN with ReLU activation."""
+    """RNN: Elman, ReLU; 1 layer × 128."""
     return elman(**{"hidden_size": 128, "activation": "relu", **kw})
 
 
 @register_model
+@variant_of(elman)
 def rnn_sigmoid(**kw):
-    """Elman RNN with logistic-sigmoid activation (own recurrence; no torch kernel)."""
+    """RNN: Elman, logistic sigmoid (harness's own recurrence, hand-written BPTT); 1 layer × 128."""
     return elman(**{"hidden_size": 128, "activation": "sigmoid", **kw})
 
 
 @register_model
+@variant_of(elman)
 def brnn(**kw):
-    """Bidirectional Elman RNN (tanh by default)."""
-    return elman(**{"hidden_size": 128, "bidirectional": True, **kw})
+    """BRNN: bidirectional Elman, tanh (activation = tanh | relu | sigmoid); 1 layer × 2×128."""
+    return elman(**{"hidden_size": 128, "activation": "tanh", "bidirectional": True, **kw})
 
 
 @register_model
+@variant_of(lstm_net)
 def lstm(**kw):
-    """LSTM (Hochreiter & Schmidhuber 1997)."""
+    """LSTM (Hochreiter & Schmidhuber 1997); 1 layer × 128; forget_bias option (1.0: Jozefowicz 2015)."""
     return lstm_net(**{"hidden_size": 128, **kw})
 
 
 @register_model
+@variant_of(lstm_net)
 def bilstm(**kw):
-    """Bidirectional LSTM."""
+    """BRNN: bidirectional LSTM; 1 layer × 2×128; forget_bias option."""
     return lstm_net(**{"hidden_size": 128, "bidirectional": True, **kw})
 
 
 @register_model
+@variant_of(gru_net)
 def gru(**kw):
-    """GRU (Cho et al. 2014)."""
+    """GRU (Cho et al. 2014); 1 layer × 128."""
     return gru_net(**{"hidden_size": 128, **kw})
 
 
 @register_model
+@variant_of(gru_net)
 def bigru(**kw):
-    """Bidirectional GRU."""
+    """BRNN: bidirectional GRU; 1 layer × 2×128."""
     return gru_net(**{"hidden_size": 128, "bidirectional": True, **kw})

@@ -34,12 +34,24 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
+def symbol_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-step accuracy over the steps whose target is a symbol, not the blank class 0
+    (the copy task's reproduced part: predicting blanks right earns nothing)."""
+    mask = y > 0
+    return (out.argmax(-1)[mask] == y[mask]).float().mean()
+
+
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out, y)
 
 
-# metric name → (function, larger is better)
-METRICS: dict[str, tuple[Callable, bool]] = {"accuracy": (accuracy, True), "mse": (mse, False)}
+# metric name → (function, larger is better). Names are forever: they become MLflow keys
+# (`val_<metric>`, `test_<metric>`).
+METRICS: dict[str, tuple[Callable, bool]] = {
+    "accuracy": (accuracy, True),
+    "symbol_accuracy": (symbol_accuracy, True),
+    "mse": (mse, False),
+}
 LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": mse}
 
 
@@ -87,16 +99,34 @@ class Task:
 
 
 def split_train_val(
-    x: torch.Tensor, y: torch.Tensor, *, val_size: float | int, seed: int = 0
+    x: torch.Tensor, y: torch.Tensor, *, val_size: float | int, seed: int = 0, field: str = "val_size"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Carve a validation set (a fraction, or a count) from training data with a fixed seed."""
+    """Carve a validation set (a fraction, or a count) from training data with a fixed seed.
+
+    Returns (x_rest, y_rest, x_carved, y_carved); `field` names the option in errors (a task
+    without its own test split carves that the same way, as `test_size`).
+    """
     n = len(x)
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise HarnessError(f"task.{field}: must be a fraction in (0, 1) or a count, got {val_size!r}")
     n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
     if not 0 < n_val < n:
-        raise HarnessError(f"task.val_size: {val_size!r} leaves no train or no validation examples of {n}")
+        raise HarnessError(f"task.{field}: {val_size!r} leaves no train or no held-out examples of {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, train = perm[:n_val], perm[n_val:]
     return x[train], y[train], x[val], y[val]
+
+
+def positive_int(field: str, value, minimum: int = 1) -> int:
+    """Check a task option is an integer ≥ minimum; one-line error naming `task.<field>`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise HarnessError(f"task.{field}: must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def mean_baseline(y_train: torch.Tensor, y_val: torch.Tensor) -> float:
+    """MSE on validation of the predictor that ignores its input: the training targets' mean."""
+    return mse(y_train.float().mean(0).expand_as(y_val), y_val).item()
 
 
 def list_tasks(pattern: str = "*") -> list[str]:
@@ -137,4 +167,4 @@ def _first(task: Task, n: int) -> Task:
     return replace(task, x_train=task.x_train[:n], y_train=task.y_train[:n])
 
 
-from harness.tasks import mnist1d  # noqa: E402,F401  (registers the built-in tasks)
+from harness.tasks import digits, mnist, mnist1d, synthetic  # noqa: E402,F401  (registers the built-in tasks)

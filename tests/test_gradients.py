@@ -1,0 +1,159 @@
+"""Gradient statistics: the ∂L/∂h_t profile against hand-computed values, norms, clipping, the
+non-finite check (both its CPU and its buffered GPU path), and the vanishing gradient, measured."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from harness.archs import create_model
+from harness.config import TrainSettings
+from harness.gradients import Diverged, FiniteCheck, GradStats, grad_norm, group_of, takes_hidden
+from harness.tasks import load_task
+from harness.train import fit
+
+
+def probe_step(model: nn.Module, x: torch.Tensor, loss_fn, y: torch.Tensor, every: int = 1, clip_norm=None):
+    """One recorded step as the loop does it: probe forward, backward, record; its metrics."""
+    stats = GradStats(model, every=every, clip_norm=clip_norm)
+    out, hidden = stats.forward(model, x)
+    loss = loss_fn(out, y)
+    loss.backward()
+    norm = grad_norm([p for p in model.parameters()])
+    stats.observe(norm)
+    stats.record(1, 1, norm, hidden)
+    [(step, metrics)] = stats.drain()
+    return stats, metrics, out
+
+
+def scalar_rnn(bidirectional: bool) -> nn.Module:
+    """A 1-unit tanh RNN with hand-set weights (so every ∂L/∂h_t can be computed on paper)."""
+    model = create_model("brnn" if bidirectional else "rnn", input_size=1, output_size=1, io="many-to-one",
+                         seq_len=4, hidden_size=1)
+    values = {"weight_ih": 0.8, "weight_hh": 0.5, "bias_ih": 0.1, "bias_hh": -0.2}
+    with torch.no_grad():
+        for name, p in model.rnn.named_parameters():
+            p.fill_(values[name.split("_l0")[0]] * (-1 if name.endswith("reverse") else 1))
+        model.head.weight.copy_(torch.tensor([[1.5, -0.7][: 2 if bidirectional else 1]]))
+        model.head.bias.fill_(0.3)
+    return model
+
+
+def by_hand(xs: list[float], w_ih: float, w_hh: float, b: float, dl_dlast: float, reverse: bool) -> list[float]:
+    """|∂L/∂h_t| of h_t = tanh(w_ih x_t + w_hh h_prev + b), read in order, given ∂L/∂(last state)."""
+    order = list(range(len(xs)))[::-1] if reverse else list(range(len(xs)))
+    h, hs = 0.0, {}
+    for t in order:
+        h = math.tanh(w_ih * xs[t] + w_hh * h + b)
+        hs[t] = h
+    grads = {order[-1]: dl_dlast}
+    for t, prev in itertools.pairwise(order[::-1]):  # back through time: ∂h_t/∂h_prev = (1 − h_t²) w_hh
+        grads[prev] = grads[t] * (1 - hs[t] ** 2) * w_hh
+    return [abs(grads[t]) for t in range(len(xs))]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_profile_equals_hand_computed_gradients(bidirectional):
+    model = scalar_rnn(bidirectional)
+    xs = [0.5, -1.0, 2.0, 0.25]
+    x, target = torch.tensor([xs]).unsqueeze(-1), torch.tensor([[1.0]])
+    stats, metrics, out = probe_step(model, x, nn.functional.mse_loss, target)
+    dl_dy = 2 * (out.item() - 1.0)  # mse of one value
+    rows = {d: row for _, _, d, row in stats.profile}
+    assert set(rows) == ({"forward", "reverse"} if bidirectional else {"forward"})
+    expected = by_hand(xs, 0.8, 0.5, 0.1 - 0.2, dl_dy * 1.5, reverse=False)
+    assert rows["forward"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["grad_vanish_ratio"] == pytest.approx(expected[0] / expected[-1], rel=1e-5)
+    if bidirectional:  # the reverse direction reads x_T first and hands its h_1 to the head
+        expected = by_hand(xs, -0.8, -0.5, -0.1 + 0.2, dl_dy * -0.7, reverse=True)
+        assert rows["reverse"] == pytest.approx(expected, rel=1e-5)
+        assert metrics["grad_vanish_ratio_reverse"] == pytest.approx(expected[-1] / expected[0], rel=1e-5)
+
+
+def test_layer_norms_add_up_and_name_each_layer():
+    torch.manual_seed(0)
+    model = create_model("lstm", input_size=3, output_size=5, io="many-to-many", seq_len=7, hidden_size=8, num_layers=2)
+    x, y = torch.randn(4, 7, 3), torch.randint(0, 5, (4, 7))
+    loss_fn = lambda out, y: nn.functional.cross_entropy(out.reshape(-1, 5), y.reshape(-1))  # noqa: E731
+    stats, metrics, _ = probe_step(model, x, loss_fn, y)
+    layers = {k: v for k, v in metrics.items() if k.startswith("grad_norm/")}
+    assert set(layers) == {"grad_norm/rnn.layer0", "grad_norm/rnn.layer1", "grad_norm/head"}
+    assert math.sqrt(sum(v**2 for v in layers.values())) == pytest.approx(metrics["grad_norm"], rel=1e-5)
+    assert metrics["grad_nonfinite"] == 0 and metrics["clip_fraction"] == 0
+    assert metrics["grad_norm_clipped"] == metrics["grad_norm"]  # no clip_norm: nothing clipped
+    assert [len(row) for *_, row in stats.profile] == [7]
+
+
+def test_models_without_states_record_norms_but_no_profile():
+    class Plain(nn.Module):  # a user plug-in that knows nothing of return_hidden
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    mlp = create_model("mlp", input_size=4, output_size=2, io="one-to-one")
+    assert takes_hidden(mlp) and not takes_hidden(Plain())
+    for model in (mlp, Plain()):
+        stats, metrics, _ = probe_step(model, torch.randn(6, 4), nn.functional.cross_entropy, torch.randint(0, 2, (6,)))
+        assert metrics["grad_norm"] > 0 and "grad_vanish_ratio" not in metrics
+        assert stats.profile == []
+    assert group_of(Plain(), "lin.weight") == "lin"
+
+
+def test_cadence_first_step_then_every_nth():
+    stats = GradStats(nn.Linear(2, 2), every=10)
+    assert [s for s in range(1, 35) if stats.due(s)] == [1, 10, 20, 30]
+
+
+def test_finite_check_stops_at_the_first_bad_step_on_both_paths():
+    ok, nan = torch.tensor(1.0), torch.tensor(float("nan"))
+    eager = FiniteCheck(torch.device("cpu"))
+    assert eager.update(1, 1, ok, ok) is None
+    failure = eager.update(1, 2, ok, torch.tensor(float("inf")))
+    assert isinstance(failure, Diverged) and (failure.epoch, failure.step, failure.what) == (1, 2, "gradient")
+    assert eager.update(2, 3, nan, nan).what == "loss"
+    # The buffered path (what a GPU uses): verdicts read every 4 steps, the first bad one reported.
+    lazy = FiniteCheck(torch.device("cpu"), every=4, lazy=True)
+    assert [lazy.update(1, s, ok, ok) for s in (1, 2, 3)] == [None] * 3
+    assert lazy.update(1, 4, ok, ok) is None  # a full buffer, all finite
+    assert lazy.update(1, 5, ok, ok) is None and lazy.update(1, 6, nan, ok) is None
+    assert lazy.update(2, 7, ok, nan) is None  # not read yet
+    failure = lazy.flush()  # e.g. at the end of the epoch
+    assert (failure.epoch, failure.step) == (1, 6)
+    assert lazy.flush() is None
+
+
+def adding_cfg(**kw) -> TrainSettings:
+    return TrainSettings(**{"epochs": 1, "batch_size": 64, "lr": 1e-3, **kw})
+
+
+def test_tiny_clip_norm_clips_every_step():
+    task = load_task("adding", seq_len=20, train_size=400, test_size=100)
+    torch.manual_seed(0)
+    model = create_model("gru", input_size=2, output_size=1, io="many-to-one", seq_len=20, hidden_size=16)
+    stats = GradStats(model, every=2, clip_norm=1e-3)
+    fit(model, task, adding_cfg(clip_norm=1e-3), device=torch.device("cpu"), grad_stats=stats)
+    records = [m for _, m in stats.drain()]
+    assert len(records) == 4  # steps 1, 2, 4, 6 of 6 (360 training sequences, batches of 64)
+    assert all(m["clip_fraction"] == 1.0 for m in records)
+    assert all(m["grad_norm_clipped"] <= 1e-3 < m["grad_norm"] for m in records)
+
+
+def test_relu_rnn_with_lr_1_diverges_without_touching_the_weights():
+    task = load_task("adding", seq_len=100, train_size=640, test_size=100)
+    torch.manual_seed(0)
+    model = create_model("rnn-relu", input_size=2, output_size=1, io="many-to-one", seq_len=100, hidden_size=32)
+    stats = GradStats(model, every=100)
+    with pytest.raises(Diverged) as info:
+        fit(model, task, adding_cfg(lr=1.0, epochs=3), device=torch.device("cpu"), grad_stats=stats)
+    assert info.value.epoch == 1 and info.value.step > 1
+    # The diverging step is recorded, with its non-finite entries, and never reached the optimiser.
+    (step, last), = [r for r in stats.drain() if r[0] == info.value.step]
+    assert last["grad_nonfinite"] > 0 or not math.isfinite(last["grad_norm"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

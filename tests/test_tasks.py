@@ -1,0 +1,354 @@
+"""Tasks: shapes and the I/O contract, splits, determinism, baselines, the MNIST path through
+torchvision's real IDX reader (on files written here, and on Debian's Fashion-MNIST), and one
+short training run per io kind."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.archs import IO_KINDS
+from harness.cli import main
+from harness.config import validate
+from harness.errors import HarnessError
+from harness.tasks import METRICS, accuracy, describe_task, list_tasks, load_task, symbol_accuracy
+from harness.tasks import mnist as mnist_module
+from harness.train import build, fit
+from tests.conftest import EXPERIMENTS
+from tests.idx_files import FILES, idx_bytes, write_mnist
+
+N_TRAIN_IDX, N_TEST_IDX = 60, 20
+MNIST_NAMES = [f"{d}-{f}" for d in ("mnist", "fashion") for f in ("rows", "pixels", "permuted")]
+
+# name → (options, io, x shape per example, y shape per example, train + val, test)
+TASKS = {
+    "mnist1d": ({}, "many-to-one", (40, 1), (), 4000, 1000),
+    "mnist1d-generate": ({"train_size": 300, "test_size": 50}, "one-to-many", (12,), (40, 1), 300, 50),
+    "digits": ({}, "many-to-one", (8, 8), (), 1438, 359),
+    "digits-flat": ({}, "one-to-one", (64,), (), 1438, 359),
+    "adding": ({"seq_len": 20, "train_size": 300, "test_size": 50}, "many-to-one", (20, 2), (1,), 300, 50),
+    "copy": ({"delay": 5, "train_size": 300, "test_size": 50}, "many-to-many", (25, 10), (25,), 300, 50),
+    **{name: ({}, "many-to-one", (28, 28) if name.endswith("rows") else (784, 1), (), N_TRAIN_IDX, N_TEST_IDX)
+       for name in MNIST_NAMES},
+}
+
+
+@pytest.fixture(scope="session")
+def idx_root(tmp_path_factory) -> Path:
+    """A data root with tiny MNIST files in torchvision's layout (plain) and Fashion-MNIST
+    files in `fashion-mnist/` (gzip'd, different content)."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root / "MNIST" / "raw", N_TRAIN_IDX, N_TEST_IDX, gz=False, seed=0)
+    write_mnist(root / "fashion-mnist", N_TRAIN_IDX, N_TEST_IDX, gz=True, seed=10)
+    return root
+
+
+def load(name: str, idx_root: Path, **extra):
+    options = dict(TASKS[name][0])
+    if name in MNIST_NAMES:
+        options |= {"data_dir": str(idx_root), "download": False}
+    return load_task(name, **options | extra)
+
+
+def read_written(idx_root: Path, fashion: bool) -> dict[str, np.ndarray]:
+    """The payload bytes of the files `idx_root` holds, read without torchvision."""
+    folder = idx_root / ("fashion-mnist" if fashion else "MNIST/raw")
+    out = {}
+    for f in FILES:
+        data = gzip.decompress((folder / f"{f}.gz").read_bytes()) if fashion else (folder / f).read_bytes()
+        out[f] = np.frombuffer(data[8 if "labels" in f else 16 :], np.uint8)
+    return out
+
+
+def rows(x: torch.Tensor) -> set[bytes]:
+    return {r.numpy().tobytes() for r in x.reshape(len(x), -1)}
+
+
+def test_every_task_is_listed_with_its_shape():
+    assert set(TASKS) <= set(list_tasks())
+    for name in list_tasks():
+        line = describe_task(name)
+        assert any(f"{io}:" in line for io in IO_KINDS) and "→" in line, line
+    assert {spec[1] for spec in TASKS.values()} == set(IO_KINDS)
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_shapes_dtypes_and_split_sizes(name, idx_root):
+    _, io, x_shape, y_shape, n_train_val, n_test = TASKS[name]
+    task = load(name, idx_root)
+    assert task.name == name and task.io == io
+    assert len(task.x_train) + len(task.x_val) == n_train_val and len(task.x_val) == round(0.1 * n_train_val)
+    assert len(task.x_test) == n_test
+    classify = task.loss == "cross_entropy"
+    for which in ("train", "val", "test"):
+        x, y = task.split(which)
+        assert x.dtype == torch.float32 and tuple(x.shape[1:]) == x_shape and torch.isfinite(x).all()
+        assert y.dtype == (torch.long if classify else torch.float32) and tuple(y.shape[1:]) == y_shape
+        assert len(x) == len(y)
+        if classify:
+            assert 0 <= int(y.min()) and int(y.max()) < task.output_size
+    # The I/O contract of harness.archs: what an architecture built from these fields reads.
+    if io in ("one-to-one", "one-to-many"):
+        assert task.x_train.shape[1:] == (task.input_size,)
+    else:
+        assert task.x_train.shape[1:] == (task.seq_len, task.input_size)
+    if io in ("many-to-many", "one-to-many"):
+        assert task.y_train.shape[1] == task.seq_len
+    if io == "one-to-one":
+        assert task.seq_len == 1
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_splits_are_disjoint_and_deterministic(name, idx_root):
+    task = load(name, idx_root)
+    train = rows(task.x_train)
+    assert len(train) == len(task.x_train)  # no example repeats within the split
+    assert not train & rows(task.x_val) and not train & rows(task.x_test) and not rows(task.x_val) & rows(task.x_test)
+    again = load(name, idx_root)
+    assert again.split_hashes() == task.split_hashes()
+    other = load(name, idx_root, split_seed=1)
+    assert other.split_hashes()["val"] != task.split_hashes()["val"]
+    assert other.split_hashes()["test"] == task.split_hashes()["test"]  # validation never moves the test set
+    assert rows(other.x_train) | rows(other.x_val) == train | rows(task.x_val)
+
+
+@pytest.mark.parametrize("name", ["adding", "copy", "mnist1d-generate"])
+def test_generated_data_follows_its_seed(name, idx_root):
+    task = load(name, idx_root)
+    assert load(name, idx_root, data_seed=1).split_hashes()["train"] != task.split_hashes()["train"]
+    bigger = load(name, idx_root, train_size=400)
+    assert bigger.split_hashes()["test"] == task.split_hashes()["test"]  # the test set is its own stream
+
+
+def test_digits_test_split_follows_test_seed():
+    a, b = load_task("digits"), load_task("digits", test_seed=1)
+    assert a.split_hashes()["test"] != b.split_hashes()["test"]
+    assert rows(a.x_train) | rows(a.x_val) | rows(a.x_test) == rows(b.x_train) | rows(b.x_val) | rows(b.x_test)
+    flat = load_task("digits-flat")
+    assert torch.equal(flat.x_test, a.x_test.reshape(len(a.x_test), 64))
+
+
+def test_n_train_keeps_the_first_examples():
+    full = load_task("adding", seq_len=10, train_size=200, test_size=10)
+    few = load_task("adding", seq_len=10, train_size=200, test_size=10, n_train=7)
+    assert torch.equal(few.x_train, full.x_train[:7]) and torch.equal(few.x_val, full.x_val)
+
+
+def test_adding_targets_and_baseline():
+    task = load_task("adding", seq_len=50, train_size=30_000, val_size=20_000, test_size=10)
+    x, y = task.x_train, task.y_train
+    markers = x[..., 1]
+    assert torch.equal(markers.sum(1), torch.full((len(x),), 2.0))
+    assert torch.equal(markers[:, :25].sum(1), torch.ones(len(x)))  # one marker in each half
+    assert torch.allclose((x[..., 0] * markers).sum(1, keepdim=True), y)
+    assert 0 <= float(x[..., 0].min()) and float(x[..., 0].max()) < 1
+    assert task.baseline == pytest.approx(1 / 6, abs=0.006)
+
+
+def test_copy_layout_and_baseline():
+    delay = 30
+    task = load_task("copy", delay=delay, train_size=6000, val_size=3000, test_size=10)
+    x, y = task.x_train, task.y_train
+    seq = x.argmax(-1)
+    assert torch.equal(x.sum(-1), torch.ones(seq.shape))  # one-hot
+    assert torch.equal(y[:, -10:], seq[:, :10]) and not y[:, :-10].any()
+    assert bool((seq[:, :10] >= 1).all() and (seq[:, :10] <= 8).all())
+    assert torch.equal(seq[:, 10 + delay - 1], torch.full((len(x),), 9)) and int((seq == 9).sum()) == len(x)
+    assert task.baseline == pytest.approx(10 * math.log(8) / (delay + 20), rel=0.01)
+
+
+def test_symbol_accuracy_counts_only_the_reproduced_symbols():
+    y = torch.tensor([[0, 0, 3, 5]])
+    out = torch.nn.functional.one_hot(torch.tensor([[1, 2, 3, 4]]), 9).float()
+    assert symbol_accuracy(out, y).item() == 0.5  # wrong blanks do not count
+    assert accuracy(out, y).item() == 0.25
+    assert METRICS["symbol_accuracy"][1] is True and load_task("copy", delay=1, train_size=20, test_size=5).maximize
+
+
+def test_mnist1d_generate_renders_templates():
+    task = load_task("mnist1d-generate", train_size=400, test_size=10)
+    x, y = task.x_train, task.y_train[..., 0]
+    onset = (x[:, 11] * 20).round().long()
+    for i in range(20):
+        signal = y[i].nonzero().flatten()
+        assert int(signal.min()) >= onset[i] and int(signal.max()) < onset[i] + 20
+    cls, scale = x[:, :10].argmax(1), x[:, 10] + 1
+    same = ((cls == cls[0]) & (onset == onset[0])).nonzero().flatten()
+    assert len(same) > 1  # two renderings of one template at one onset differ only by their scales
+    assert torch.allclose(y[same[1]] / scale[same[1]], y[same[0]] / scale[same[0]], atol=1e-5)
+    assert task.baseline > 0.5
+
+
+# ---- MNIST family through torchvision's reader ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", MNIST_NAMES)
+def test_mnist_reads_the_files_written(name, idx_root):
+    written = read_written(idx_root, fashion=name.startswith("fashion"))
+    images = torch.from_numpy(written["t10k-images-idx3-ubyte"].copy()).reshape(-1, 784).float() / 255
+    task = load(name, idx_root)
+    assert torch.equal(task.y_test, torch.from_numpy(written["t10k-labels-idx1-ubyte"].astype(np.int64)))
+    got = task.x_test.reshape(len(task.x_test), 784)
+    if not name.endswith("permuted"):
+        assert torch.equal(got, images)
+    else:  # the same one permutation of pixel positions for every image of every split
+        assert torch.equal(got.sort(1).values, images.sort(1).values)
+        pixels = load(name.replace("permuted", "pixels"), idx_root)
+        every = lambda t: torch.cat([t.x_train, t.x_val, t.x_test])[..., 0].T  # noqa: E731 - (784, N) columns
+        where = {col.numpy().tobytes(): j for j, col in enumerate(every(pixels))}
+        perm = [where[col.numpy().tobytes()] for col in every(task)]
+        assert sorted(perm) == list(range(784)) and perm != list(range(784))
+        assert load(name, idx_root, perm_seed=1).split_hashes() != task.split_hashes()
+    train_images = written["train-images-idx3-ubyte"].reshape(-1, 784)
+    assert rows(torch.cat([task.x_train, task.x_val]).reshape(-1, 784).sort(1).values) == rows(
+        (torch.from_numpy(train_images.copy()).float() / 255).sort(1).values)
+
+
+def test_data_root_from_harness_data_and_layouts(tmp_path, monkeypatch, idx_root):
+    monkeypatch.setenv("HARNESS_DATA", str(idx_root))
+    assert len(load_task("mnist-rows", download=False).x_test) == N_TEST_IDX
+    flat = tmp_path / "flat"
+    write_mnist(flat, 30, 10, gz=True, seed=3)
+    assert len(load_task("mnist-rows", data_dir=str(flat), download=False).x_test) == 10  # a named folder itself
+    monkeypatch.setenv("HARNESS_DATA", str(flat))
+    with pytest.raises(HarnessError, match="not found"):  # a root's own files could be either dataset
+        load_task("mnist-rows", download=False)
+
+
+def test_images_are_cached_and_the_cache_follows_the_files(tmp_path, cache_dir):
+    folder = tmp_path / "MNIST" / "raw"
+    write_mnist(folder, 30, 10, gz=True, seed=5)
+    first = load_task("mnist-rows", data_dir=str(tmp_path), download=False)
+    assert len(list((cache_dir / "idx").glob("MNIST-*.pt"))) >= 1
+    write_mnist(folder, 40, 12, gz=True, seed=6)  # replaced files are read again, not served stale
+    second = load_task("mnist-rows", data_dir=str(tmp_path), download=False)
+    assert len(second.x_test) == 12 and len(first.x_test) == 10
+
+
+def test_missing_files_say_what_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setitem(mnist_module.SOURCES, "fashion", (*mnist_module.SOURCES["fashion"][:3], ()))  # no Debian dir
+    for name, needs_debian_hint in (("mnist-rows", False), ("fashion-pixels", True)):
+        with pytest.raises(HarnessError) as e:
+            load_task(name, data_dir=str(tmp_path), download=False)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith("task.data_dir:")
+        assert all(f in msg for f in FILES) and str(tmp_path) in msg
+        assert "--data-dir" in msg and "HARNESS_DATA" in msg and "download is off" in msg
+        assert ("apt-get install dataset-fashion-mnist" in msg) == needs_debian_hint
+    partial = tmp_path / "mnist"
+    write_mnist(partial, 10, 5, gz=True)
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(HarnessError, match=r"mnist lacks t10k-labels-idx1-ubyte"):
+        load_task("mnist-rows", data_dir=str(tmp_path), download=False)
+
+
+def _truncate(folder: Path) -> str:
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:5000]))
+    return path.name
+
+
+def _not_gzip(folder: Path) -> str:
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"this is not gzip data at all")
+    return "t10k-images-idx3-ubyte.gz"
+
+
+def _bad_magic(folder: Path) -> str:
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x77\x01" + b"\x00" * 20))
+    return "train-labels-idx1-ubyte.gz"
+
+
+def _wrong_count(folder: Path) -> str:
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(3, np.uint8))))
+    return "t10k-labels-idx1-ubyte.gz"
+
+
+def _wrong_size(folder: Path) -> str:
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((30, 16, 16), np.uint8))))
+    return "train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.parametrize("corrupt", [_truncate, _not_gzip, _bad_magic, _wrong_count, _wrong_size])
+def test_a_corrupt_idx_file_is_named(corrupt, tmp_path):
+    folder = tmp_path / "MNIST" / "raw"
+    write_mnist(folder, 30, 10, gz=True, seed=7)
+    culprit = corrupt(folder)
+    with pytest.raises(HarnessError) as e:
+        load_task("mnist-rows", data_dir=str(tmp_path), download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("task.data_dir:") and culprit in msg
+    assert "not a readable IDX file" in msg or "do not match (10 images, 3 labels)" in msg
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"download": "yes"}, "task.download"), ({"perm_seed": -1}, "task.perm_seed"), ({"val_size": 1.5}, "task.val_size"),
+])
+def test_bad_mnist_options_name_the_field(options, field, idx_root):
+    with pytest.raises(HarnessError, match=field):
+        load_task("mnist-permuted", data_dir=str(idx_root), **{"download": False, **options})
+
+
+@pytest.mark.parametrize(("name", "options", "field"), [
+    ("copy", {"delay": 0}, "task.delay"), ("adding", {"seq_len": 1}, "task.seq_len"),
+    ("adding", {"train_size": 2.5}, "task.train_size"), ("digits", {"test_size": 0}, "task.test_size"),
+    ("mnist1d", {"data_dir": "x"}, "task.data_dir"),
+])
+def test_bad_options_name_the_field(name, options, field):
+    with pytest.raises(HarnessError, match=field):
+        load_task(name, **options)
+
+
+def test_cli_missing_mnist_is_one_line_exit_2(workdir, capsys):
+    rc = main(["run", str(EXPERIMENTS / "quickstart.toml"), "--data-dir", str(workdir / "nothing"),
+               "--set", "task.name=mnist-rows", "--set", "task.download=false", "--set", "train.epochs=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("harness: error: task.data_dir: MNIST IDX files not found")
+    assert str(workdir / "nothing" / "MNIST" / "raw") in err
+
+
+def test_cli_runs_mnist_rows_from_a_data_dir(workdir, capsys, idx_root):
+    rc = main(["run", str(EXPERIMENTS / "quickstart.toml"), "--data-dir", str(idx_root), "--arch", "lstm",
+               "--set", "task.name=mnist-rows", "--set", "task.download=false", "--set", "train.epochs=1",
+               "--set", "model.hidden_size=8"])
+    assert rc == 0, capsys.readouterr().err
+    assert "lstm on mnist-rows: best val accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not all((mnist_module.DEBIAN_FASHION / f"{f}.gz").is_file() for f in FILES),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist; CI installs it)")
+def test_fashion_found_where_debian_installs_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))  # nothing there: only the Debian folder has it
+    task = load_task("fashion-rows", download=False)
+    assert (len(task.x_train), len(task.x_val), len(task.x_test)) == (54_000, 6_000, 10_000)
+    assert task.x_train.shape[1:] == (28, 28) and 0 <= float(task.x_train.min()) and float(task.x_train.max()) == 1.0
+    assert torch.equal(task.y_test.bincount(), torch.full((10,), 1000))  # Fashion-MNIST's balanced test set
+    assert len(rows(task.x_test)) > 9_900
+
+
+# ---- one short training run per io kind ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("io", "task", "arch", "hidden", "epochs", "check"), [
+    ("one-to-one", {"name": "digits-flat"}, "mlp", 64, 5, lambda r, t: r.test_metric > 0.85),
+    ("many-to-one", {"name": "digits"}, "gru", 32, 5, lambda r, t: r.test_metric > 0.8),
+    # beating the memoryless baseline needs memory: the copy wiring works end to end
+    ("many-to-many", {"name": "copy", "delay": 1, "train_size": 2000, "test_size": 200}, "gru", 64, 10,
+     lambda r, t: r.test_loss < 0.9 * t.baseline and r.test_metric > 0.25),
+    ("one-to-many", {"name": "mnist1d-generate", "train_size": 1000, "test_size": 200}, "gru", 32, 5,
+     lambda r, t: r.test_loss < 0.5 * t.baseline),
+])
+def test_training_learns_each_io_kind(io, task, arch, hidden, epochs, check):
+    exp = validate({"task": task, "model": {"arch": arch, "hidden_size": hidden},
+                    "train": {"epochs": epochs, "lr": 1e-2, "batch_size": 32, "device": "cpu", "seed": 0}})
+    t, model = build(exp)
+    assert t.io == io
+    result = fit(model, t, exp.train, device=torch.device("cpu"))
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0] and all(0 <= h[f"val_{t.metric}"] for h in result.history)
+    assert check(result, t), (result.test_loss, result.test_metric, t.baseline)

@@ -1,0 +1,191 @@
+"""What a trial's MLflow run holds, read back from a real SQLite store: every documented key
+with plausible values, the artifacts, failures (diverged, errors, pruned), and the vanishing
+gradient of a tanh RNN against an LSTM, measured through the logged metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from harness.archs import count_params
+from harness.config import validate
+from harness.gradients import Diverged
+from harness.tracking import experiment_id, get_client, git_commit, study_run, tracked_fit
+from harness.train import build, evaluate
+
+EPOCH_KEYS = {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
+GRAD_KEYS = {"grad_norm", "grad_norm_clipped", "clip_fraction", "grad_nonfinite", "grad_norm/rnn.layer0",
+             "grad_norm/head", "grad_vanish_ratio", "grad_vanish_ratio_reverse"}
+FINAL_KEYS = {"test_loss", "test_accuracy", "best_val_accuracy", "best_epoch", "infer_latency_ms_p50",
+              "infer_latency_ms_p95", "infer_samples_per_s", "peak_memory_mb", "device_peak_gflops",
+              "train_gflops_per_s", "peak_fraction", "total_time_s"}
+
+
+def experiment(**sections) -> object:
+    raw = {"name": "t", "task": {"name": "mnist1d", "n_train": 512}, "model": {"arch": "brnn", "hidden_size": 12},
+           "train": {"epochs": 2, "clip_norm": 1.0, "lr": 3e-3}, "tracking": {"grad_stats_every": 3}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return validate(raw)
+
+
+def run_it(exp, **kw):
+    client = get_client()
+    result = tracked_fit(client, experiment_id(client, exp.name), exp, name="r", tags={"harness.role": "run"}, **kw)
+    return client, result, client.get_run(result.run_id)
+
+
+def steps(client, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.mark.slow
+def test_trial_run_holds_every_key(workdir):
+    exp = experiment(tracking={"system_metrics_interval": 0.2})
+    client, result, run = run_it(exp)
+    data, run_id = run.data, result.run_id
+    assert run.info.status == "FINISHED" and data.tags["harness.state"] == "complete"
+
+    # Params: the resolved settings (task defaults filled in), size and analytic FLOPs.
+    task, model = build(exp)
+    p = data.params
+    assert p["model.arch"] == "brnn" and p["model.hidden_size"] == "12" and p["train.clip_norm"] == "1.0"
+    assert p["task.val_size"] == "0.1" and p["train.device"] == "cpu" and p["tracking.grad_stats_every"] == "3"
+    assert p["n_params"] == str(count_params(model)) and p["flops_per_sample"] == str(model.flops(40))
+    # Tags: where and on which data it ran.
+    t = data.tags
+    assert t["torch_version"] == torch.__version__ and t["device"]
+    assert t["split_hash.train"] == task.split_hashes()["train"] and {"split_hash.val", "split_hash.test"} <= set(t)
+    if git_commit() is not None:  # run from a git checkout
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        assert t["harness.git_commit"].startswith(head) and t["mlflow.source.git.commit"] == head
+
+    m = data.metrics
+    assert EPOCH_KEYS | GRAD_KEYS | FINAL_KEYS <= set(m)
+    assert any(k.startswith("system/cpu_utilization") for k in m)  # MLflow's own system metrics
+    # Per epoch, step = epoch.
+    for key in EPOCH_KEYS:
+        assert steps(client, run_id, key) == [1, 2]
+    assert all(0 <= h.value <= 1 for h in client.get_metric_history(run_id, "val_accuracy"))
+    # Gradient statistics, step = optimiser step: the first, then every 3rd of 2 × 8 steps.
+    for key in GRAD_KEYS:
+        assert steps(client, run_id, key) == [1, 3, 6, 9, 12, 15], key
+    for step in range(6):
+        g = {k: client.get_metric_history(run_id, k)[step].value for k in GRAD_KEYS}
+        assert g["grad_nonfinite"] == 0 and 0 <= g["clip_fraction"] <= 1
+        assert g["grad_norm_clipped"] == pytest.approx(min(g["grad_norm"], 1.0), rel=1e-5)
+        assert math.hypot(g["grad_norm/rnn.layer0"], g["grad_norm/head"]) == pytest.approx(g["grad_norm"], rel=1e-4)
+        assert 0 < g["grad_vanish_ratio"] and 0 < g["grad_vanish_ratio_reverse"]
+    # Final, measured once.
+    assert m["best_epoch"] in (1, 2) and m["best_val_accuracy"] == max(h["val_accuracy"] for h in result.history)
+    assert 0 <= m["test_accuracy"] <= 1 and m["test_loss"] > 0
+    assert 0 < m["infer_latency_ms_p50"] <= m["infer_latency_ms_p95"] and m["infer_samples_per_s"] > 0
+    assert m["peak_memory_mb"] > 0 and m["device_peak_gflops"] > m["train_gflops_per_s"] > 0
+    assert m["peak_fraction"] == pytest.approx(m["train_gflops_per_s"] / m["device_peak_gflops"])
+    assert m["total_time_s"] >= sum(h["epoch_time_s"] for h in result.history)
+
+    # Artifacts.
+    folder = Path(client.download_artifacts(run_id, "", str(workdir / "artifacts")))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint.pt", "grad_profile.csv", "grad_profile.png", "learning_curve.png", "settings.json"]
+    assert validate(json.loads((folder / "settings.json").read_text())) == exp
+    for png in ("grad_profile.png", "learning_curve.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (folder / "grad_profile.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "epoch", "direction", *(f"t{i}" for i in range(1, 41))]  # T = 40 columns
+    assert [(r[0], r[2]) for r in rows[1:3]] == [("1", "forward"), ("1", "reverse")] and len(rows) == 1 + 6 * 2
+    first = {r[2]: [float(v) for v in r[3:]] for r in rows[1:3]}
+    ratio = client.get_metric_history(run_id, "grad_vanish_ratio")[0].value
+    assert first["forward"][0] / first["forward"][-1] == pytest.approx(ratio, rel=1e-4)
+    # The checkpoint is the chosen epoch's: loaded as plain tensors, it gives the logged test value.
+    fresh = build(exp)[1]
+    fresh.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=True))
+    assert evaluate(fresh, task, "test", torch.device("cpu"), 1024)[1] == pytest.approx(m["test_accuracy"])
+
+
+def test_artifacts_system_metrics_and_grad_stats_are_optional(workdir):
+    off = {"checkpoint": False, "settings_file": False, "learning_curve": False, "grad_profile": False,
+           "system_metrics": False, "system_metrics_interval": 0.1, "grad_stats_every": 0}
+    client, _, run = run_it(experiment(train={"epochs": 1}, tracking=off))
+    assert client.list_artifacts(run.info.run_id) == []
+    assert not any(k.startswith(("grad_", "system/")) for k in run.data.metrics)
+    assert {"val_accuracy", "test_accuracy", "peak_fraction"} <= set(run.data.metrics)
+
+
+@pytest.mark.slow
+def test_tanh_rnn_gradient_vanishes_where_an_lstm_keeps_it(workdir):
+    """Adding problem, 100 steps, fixed seeds: ‖∂L/∂h_1‖ / ‖∂L/∂h_100‖ during one short epoch."""
+    ratios = {}
+    for arch, extra in (("rnn", {}), ("lstm", {"forget_bias": 1.0})):
+        exp = validate({"name": "vanish", "task": {"name": "adding", "seq_len": 100, "train_size": 400},
+                        "model": {"arch": arch, "hidden_size": 32, **extra}, "train": {"epochs": 1, "seed": 0},
+                        "tracking": {"grad_stats_every": 2, "checkpoint": False, "system_metrics": False}})
+        client, result, _ = run_it(exp)
+        history = client.get_metric_history(result.run_id, "grad_vanish_ratio")
+        assert [h.step for h in history] == [1, 2, 4, 6]
+        ratios[arch] = statistics.median(h.value for h in history)
+    assert ratios["rnn"] < 1e-2, ratios
+    assert ratios["rnn"] < 1e-6 * ratios["lstm"]
+
+
+def test_diverged_run_is_failed_and_the_study_goes_on(workdir):
+    """A relu RNN at lr 1.0 without clipping diverges; the study's next trial completes."""
+    base = validate({"name": "study", "task": {"name": "adding", "seq_len": 50, "train_size": 400},
+                     "model": {"arch": "rnn-relu", "hidden_size": 32}, "train": {"epochs": 2},
+                     "tracking": {"system_metrics": False}})
+    client = get_client()
+    exp_id, parent = study_run(client, base, "study")
+    study = optuna.create_study(study_name="study", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    for lr in (1.0, 1e-3):
+        study.enqueue_trial({"train.lr": lr})
+
+    def objective(trial: optuna.Trial) -> float:
+        exp = base.with_values({"train.lr": trial.suggest_categorical("train.lr", [1.0, 1e-3])})
+        tags = {"harness.role": "trial", "harness.study": "study", "harness.trial": trial.number}
+        return tracked_fit(client, exp_id, exp, name=f"t{trial.number}", tags=tags, parent=parent).best_val
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study.optimize(objective, n_trials=2, catch=(Diverged,))
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    runs = {r.data.tags["harness.trial"]: r for r in client.search_runs([exp_id], "tags.`harness.role` = 'trial'")}
+    failed, done = runs["0"], runs["1"]
+    assert failed.info.status == "FAILED" and failed.data.tags["harness.failure"] == "diverged"
+    assert failed.data.tags["harness.state"] == "failed" and failed.data.tags["harness.failure_epoch"] == "1"
+    assert int(failed.data.tags["harness.failure_step"]) >= 1 and "non-finite" in failed.data.tags["harness.error"]
+    assert "grad_norm" in failed.data.metrics  # what it logged before diverging is kept
+    assert {a.path for a in client.list_artifacts(failed.info.run_id)} >= {"settings.json", "grad_profile.csv"}
+    assert done.info.status == "FINISHED" and math.isfinite(done.data.metrics["best_val_mse"])
+    assert done.data.tags[ "mlflow.parentRunId"] == parent == failed.data.tags["mlflow.parentRunId"]
+
+
+def test_errors_and_pruning_close_the_run(workdir):
+    class Prune(Exception):
+        pass
+
+    def boom(epoch, record):
+        raise RuntimeError("disk on fire")
+
+    def prune(epoch, record):
+        raise Prune
+
+    exp = experiment(train={"epochs": 2}, tracking={"system_metrics": False, "checkpoint": False})
+    client = get_client()
+    exp_id = experiment_id(client, exp.name)
+    with pytest.raises(RuntimeError):
+        tracked_fit(client, exp_id, exp, name="boom", tags={"harness.role": "run"}, on_epoch=boom)
+    with pytest.raises(Prune):
+        tracked_fit(client, exp_id, exp, name="prune", tags={"harness.role": "run"}, on_epoch=prune, pruned=(Prune,))
+    runs = {r.info.run_name: r for r in client.search_runs([exp_id])}
+    assert runs["boom"].info.status == "FAILED"
+    assert runs["boom"].data.tags["harness.failure"] == "RuntimeError" and runs["boom"].data.tags["harness.error"] == "disk on fire"
+    assert runs["prune"].info.status == "KILLED" and runs["prune"].data.tags["harness.state"] == "pruned"
+    assert client.get_metric_history(runs["prune"].info.run_id, "val_accuracy")[0].step == 1  # logged before the prune
