@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -136,7 +136,7 @@ def test_ui_serves_the_tracking_store_on_localhost(workdir):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "ui", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ}, start_new_session=True,
     )
     try:
         deadline, body = time.time() + 90, ""
@@ -152,5 +152,16 @@ def test_ui_serves_the_tracking_store_on_localhost(workdir):
                 time.sleep(1)
         assert "quickstart" in body
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and any workers it started
         proc.wait(timeout=30)
+
+
+def test_a_diverging_run_exits_1_with_one_line_and_a_failed_run(workdir, capsys):
+    argv = ["run", QUICK, "--arch", "rnn", *SMALL, "--set", "train.lr=1e12", "--set", "train.clip_norm=1e30",
+            "--set", "model.activation='relu'", "--set", "train.optimizer='sgd'"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and "Traceback" not in err and err.count("\n") == 1
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["harness.failure"] == "diverged"

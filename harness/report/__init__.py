@@ -14,9 +14,17 @@ from harness.config import tracking_uri
 from harness.errors import HarnessError
 
 
+def open_store() -> MlflowClient:
+    """A client on the tracking store; a missing SQLite file is an error, not a new empty store."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise HarnessError(f"no MLflow store at {uri}; run `harness sweep` here first or set MLFLOW_TRACKING_URI")
+    return MlflowClient(tracking_uri=uri)
+
+
 def trial_runs(study: str, client: MlflowClient | None = None) -> pd.DataFrame:
     """One row per trial run of `study`: `params.*`, `metrics.*` (last value), `tags.*`, status."""
-    client = client or MlflowClient(tracking_uri=tracking_uri())
+    client = client or open_store()
     exp = client.get_experiment_by_name(study)
     if exp is None:
         raise HarnessError(f"no study {study!r} in the MLflow store {tracking_uri()}; run `harness sweep` first")
@@ -73,7 +81,7 @@ def learning_curves(study: str, runs: pd.DataFrame, path: Path, client: MlflowCl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    client = client or MlflowClient(tracking_uri=tracking_uri())
+    client = client or open_store()
     metric, _ = metric_name(runs)
     table = summary_table(runs)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -90,7 +98,7 @@ def learning_curves(study: str, runs: pd.DataFrame, path: Path, client: MlflowCl
 
 def write_report(study: str, out_dir: str | Path = "reports") -> Path:
     """Write `<out_dir>/<study>.md` (and its curve plot); returns the markdown's path."""
-    client = MlflowClient(tracking_uri=tracking_uri())
+    client = open_store()
     runs = trial_runs(study, client)
     table = summary_table(runs)
     out = Path(out_dir)

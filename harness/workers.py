@@ -1,0 +1,268 @@
+"""The device pool: which devices a sweep runs on, one worker process per slot, worker identity.
+
+A slot is one worker: a device and the torch thread count it should use. `plan_slots` picks
+them (every visible CUDA GPU, else Apple MPS, else the CPU with a notice), `spawn` starts one
+process per slot. Workers are *spawned*, never forked (CUDA and fork do not mix), with their
+environment set before their interpreter starts: `CUDA_VISIBLE_DEVICES` binds each to its GPU,
+`OMP_NUM_THREADS` splits the CPU between them.
+
+A worker's identity (`worker_id()`: host, boot, pid and process start time) is recorded on its
+trials, so a later sweep on the same machine can tell at once that a RUNNING trial's process
+is gone (`is_gone`), without waiting for a heartbeat to go stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int  # worker number within one sweep invocation
+    device: str  # as the user names it: cpu, mps, cuda:1
+    threads: int | None = None  # torch threads; None leaves torch's default
+    spawned: bool = False  # runs in its own process, which sees only its own GPU
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment a spawned worker starts with."""
+        env = {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+        if self.device.startswith("cuda"):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            index = int(self.device.partition(":")[2] or 0)
+            # Keep the user's own mask: cuda:1 under CUDA_VISIBLE_DEVICES=2,3 is physical GPU 3.
+            env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index].strip() if visible else str(index)
+        return env
+
+    @property
+    def run_device(self) -> str:
+        """The device name the worker trains on: a spawned one sees only its own GPU, as cuda:0."""
+        return "cuda:0" if self.spawned and self.device.startswith("cuda") else self.device
+
+
+def visible_devices() -> list[str]:
+    """Every visible CUDA GPU (`cuda:0`, …), else `mps` where Apple's GPU is usable, else none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    return ["mps"] if mps is not None and mps.is_available() else []
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def plan_slots(devices: list[str], jobs: int, train_device: str = "auto") -> tuple[list[Slot], str | None]:
+    """Slots for `devices` (empty: `train.device`, or every visible GPU) × `jobs` workers each.
+
+    Returns the slots and a notice to show (the CPU fallback), or None.
+    """
+    if jobs < 1:
+        raise HarnessError(f"sweep.jobs: must be at least 1 (got {jobs}); --jobs N runs N workers per device")
+    notice = None
+    field = "sweep.devices" if devices else "train.device"
+    wanted = [d.strip().lower() for d in devices or ([] if train_device == "auto" else [train_device])]
+    found = visible_devices() if not wanted or any(d.startswith(("cuda", "mps")) for d in wanted) else []
+    if not wanted:
+        wanted = found or ["cpu"]
+        if not found:
+            notice = f"no GPU visible: running on the CPU with {jobs} worker{'s' * (jobs > 1)} (--jobs N for more)"
+    names: list[str] = []
+    for d in wanted:
+        if d == "cuda":  # every visible GPU
+            expanded = [f for f in found if f.startswith("cuda")]
+            if not expanded:
+                raise HarnessError(f"{field}: 'cuda' asked for, but no CUDA GPU is visible; use --devices cpu")
+            names += expanded
+        elif d in ("cpu", "mps") or d.startswith("cuda:"):
+            if d != "cpu" and d not in found:
+                seen = ", ".join(found) or "none"
+                raise HarnessError(f"{field}: {d!r} is not visible (visible GPUs: {seen}); use --devices cpu")
+            names.append(d)
+        else:
+            raise HarnessError(f"{field}: {d!r} is not a device; use cpu, mps, cuda or cuda:N (comma-separated)")
+    names = list(dict.fromkeys(names))
+    n = len(names) * jobs
+    threads = max(1, cpu_count() // n) if n > 1 else None
+    slots = [Slot(i * len(names) + j, d, threads) for i in range(jobs) for j, d in enumerate(names)]
+    return slots, notice
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "-"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return "Z" if fields[0] in "ZX" else fields[19]  # a zombie has exited already
+
+
+def worker_id(pid: int | None = None) -> str:
+    """`host|boot|pid|start`: names this process on this machine, across pid reuse."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}|{_boot_id()}|{pid}|{_start_time(pid) or '-'}"
+
+
+def is_gone(token: str) -> bool:
+    """True only when `token` names a process of this machine that no longer runs."""
+    try:
+        host, boot, pid_text, start = token.split("|")
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if (host, boot) != (socket.gethostname(), _boot_id()):
+        return False  # another machine's worker: only its heartbeat can tell
+    now = _start_time(pid)
+    if now is not None:
+        return now == "Z" or (start != "-" and now != start)
+    if Path("/proc").is_dir():
+        return True
+    try:  # no /proc (macOS): does the pid exist at all?
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextmanager
+def machine_lock(key: str):
+    """Hold an exclusive lock named `key` across this machine's processes (a no-op where there
+    is no `fcntl`). Sweeps starting together take it to create a SQLite store's tables one at a
+    time: neither Optuna nor MLflow creates them safely in parallel."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    name = hashlib.sha1(key.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"harness-{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_stop = threading.Event()
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C or SIGTERM arrived (see `interruptible`)."""
+    return _stop.is_set()
+
+
+@contextmanager
+def interruptible():
+    """Ctrl-C and SIGTERM (a scheduler's stop) raise KeyboardInterrupt, so trials end as on
+    Ctrl-C, and the request stays set: Python drops an exception raised inside a garbage-collector
+    callback, so the sweep also checks `stop_requested()` between epochs and between trials."""
+    _stop.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        _stop.set()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        _stop.clear()
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker (as Ctrl-C would) when the sweep that started it is gone."""
+    while True:
+        time.sleep(2.0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+
+
+def _child(slot: Slot, parent: int, target: Callable, args: tuple) -> None:
+    if hasattr(os, "setpgid"):
+        # Out of the terminal's process group: Ctrl-C reaches the sweep once, which
+        # forwards one SIGINT here, instead of interrupting this worker's clean-up twice.
+        os.setpgid(0, 0)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    try:
+        with interruptible():
+            if slot.threads:
+                import torch
+
+                torch.set_num_threads(slot.threads)
+            target(*args, slot)
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def spawn(slots: list[Slot], target: Callable, *args) -> list[multiprocessing.Process]:
+    """Start `target(*args, slot)` in one spawned process per slot, each with its slot's env."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    for slot in slots:
+        slot = replace(slot, spawned=True)
+        p = ctx.Process(target=_child, args=(slot, os.getpid(), target, args), name=f"harness-worker-{slot.index}")
+        saved = {k: os.environ.get(k) for k in slot.env}
+        os.environ.update(slot.env)  # the child's interpreter starts with this environment
+        try:
+            p.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        procs.append(p)
+    return procs
+
+
+def stop(procs: list[multiprocessing.Process], grace_s: float = 30.0) -> None:
+    """Ask workers to stop as on Ctrl-C (their trials end cleanly), then insist."""
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        alive = [p for p in procs if p.is_alive()]
+        for p in alive:
+            try:
+                os.kill(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        for p in alive:
+            p.join(wait / max(1, len(alive)))
+        if not any(p.is_alive() for p in procs):
+            return

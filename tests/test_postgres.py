@@ -1,0 +1,115 @@
+"""Workers sharing one study through a real PostgreSQL server (Debian's `postgresql` package).
+
+The fixture starts a throw-away server on 127.0.0.1 with its own data directory and stops it
+afterwards; as root it runs the server as the `postgres` user, which PostgreSQL requires.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from harness.sweep import with_driver
+from tests.test_sweep import EXPERIMENT
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's tmp: the server user must reach it
+    data, port = root / "data", _free_port()
+    as_server = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_server = ["runuser", "-u", "postgres", "--"]
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_server, *args], check=True, capture_output=True, text=True, timeout=120)
+
+    try:
+        pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
+           "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off", "start")
+        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_server, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_on_one_postgres_study(postgres_url, workdir):
+    exp_file = workdir / "tiny.toml"
+    exp_file.write_text(EXPERIMENT)
+    n = 6
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(exp_file), "--storage", postgres_url, "--n-trials", str(n),
+           "--set", "task.n_train=384", "--set", "train.epochs=4"]
+    # Two `harness sweep` commands, as on two machines, started together on one study.
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+
+    study = optuna.load_study(study_name="tiny", storage=with_driver(postgres_url))
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n
+    # Anything else is a trial started beyond n by a racing worker, failed before it sampled.
+    assert all(t.user_attrs.get("harness_surplus") and not t.params for t in study.trials if t.state != TrialState.COMPLETE)
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both commands ran trials
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny")
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    for t in complete:
+        r = runs[t.user_attrs["mlflow_run_id"]]
+        assert r.info.status == "FINISHED" and r.data.tags["harness.trial"] == str(t.number)
+    assert sum(r.data.tags.get("harness.role") == "trial" for r in runs.values()) == n
+    assert sum(r.data.tags.get("harness.role") == "study" for r in runs.values()) == 1
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+
+
+def test_unreachable_postgres_is_one_line(workdir):
+    from harness.errors import HarnessError
+    from harness.sweep import make_storage
+
+    url = f"postgresql://u:secret@127.0.0.1:{_free_port()}/optuna"
+    t0 = time.time()
+    with pytest.raises(HarnessError) as e:
+        make_storage(url)
+    assert "sweep.storage: cannot open postgresql://u:***@127.0.0.1" in str(e.value) and "secret" not in str(e.value)
+    assert "\n" not in str(e.value) and time.time() - t0 < 30
+
