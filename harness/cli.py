@@ -6,8 +6,8 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 a run t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -155,23 +155,18 @@ def _ui(args) -> int:
     os.execv(sys.executable, cmd)  # become the server: signals (Ctrl-C, kill) reach it directly
 
 
-def flush_denormals() -> None:
-    """Treat subnormal floats as zero on the CPU. Vanishing gradients through time end up as
-    subnormals, which x86 cores process ~100x slower: without this a long many-to-one RNN
-    trains 2-3x slower and the speed comparison favours whichever model vanishes least. Set
-    before torch starts its threads (a later call only covers the calling thread)."""
-    import torch
-
-    torch.set_flush_denormal(True)
-
-
 COMMANDS = {"list": _list, "run": _run, "sweep": _sweep, "report": _report, "ui": _ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema-migration chatter
+    # Not MLflow's schema-migration chatter: the variable rules when mlflow is imported later,
+    # the level when it already was.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
     if args.command in ("run", "sweep"):
+        from harness.train import flush_denormals
+
         flush_denormals()
     try:
         return COMMANDS[args.command](args)

@@ -196,7 +196,10 @@ def run_params(exp: Experiment, model: torch.nn.Module, task: Task, dev: torch.d
         if params.get(f"task.{name}") is None and p.default is not p.empty:
             params[f"task.{name}"] = p.default
     params |= {"train.device": str(dev), "tracking.grad_stats_every": every,
-               "n_params": count_params(model), "flops_per_sample": model_flops(model, task.seq_len)}
+               "n_params": count_params(model), "flops_per_sample": model_flops(model, task.seq_len),
+               "task_io": task.io, "task_metric": task.metric}
+    if task.baseline is not None:  # the loss of the best input-blind predictor: learning starts below it
+        params["task_baseline"] = task.baseline
     return params
 
 

@@ -220,9 +220,12 @@ def _child(slot: Slot, parent: int, target: Callable, args: tuple) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
         with interruptible():
-            if slot.threads:
-                import torch
+            import torch
 
+            from harness.train import flush_denormals
+
+            flush_denormals()  # before torch starts its threads
+            if slot.threads:
                 torch.set_num_threads(slot.threads)
             target(*args, slot)
     except HarnessError as e:
