@@ -6,8 +6,8 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 a run t
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence

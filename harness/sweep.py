@@ -684,13 +684,6 @@ class SweepOutcome:
         return out
 
 
-def run_sweep(
-    exp: Experiment, *, study_name: str | None = None, storage: str | None = None, progress: bool | None = None,
-) -> optuna.Study:
-    """Run (or resume) the study; see `run`. Returns the Optuna study."""
-    return run(exp, study_name=study_name, storage=storage, progress=progress).study
-
-
 def run(
     exp: Experiment, *, study_name: str | None = None, storage: str | None = None, progress: bool | None = None,
 ) -> SweepOutcome:

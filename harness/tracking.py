@@ -96,11 +96,6 @@ def start_run(
     return run.info.run_id
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    now = int(time.time() * 1000)
-    _write(client, run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-
 def _write(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + BATCH])

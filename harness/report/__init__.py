@@ -49,7 +49,7 @@ def study_runs(study: str, client: MlflowClient, role: str = "trial") -> pd.Data
             break
     runs = pd.DataFrame(rows)
     if not runs.empty:
-        runs["family"] = [family(a, b) for a, b in zip(runs["params.model.arch"], _col(runs, "params.model.bidirectional"))]
+        runs["family"] = [family(a, b) for a, b in zip(runs["params.model.arch"], _col(runs, "params.model.bidirectional"), strict=True)]
     return runs
 
 
@@ -98,7 +98,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     val, test = f"metrics.best_val_{metric}", f"metrics.test_{metric}"
     states = _state(runs)
     done = runs[(runs["status"] == "FINISHED") & _num(runs, val).notna()]
-    done = done.assign(_v=_num(done, val)).sort_values("_v", ascending=not maximize)
+    done = done.assign(_v=_num(done, val), _n=_num(done, "params.trial_number"))
+    done = done.sort_values(["_v", "_n"], ascending=[not maximize, True], kind="stable")  # ties: earliest trial
     best = done.groupby("params.model.arch", sort=False).head(1).set_index("params.model.arch")
     by_arch = runs.groupby("params.model.arch")
     table = pd.DataFrame({
@@ -108,8 +109,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         "failed": (states == "failed").groupby(runs["params.model.arch"]).sum(),
         f"best val {metric}": _num(best, val),
         f"test {metric}": _num(best, test),
-        "params": _num(best, "params.n_params"),
-        "train samples/s": _num(best, "metrics.train_samples_per_s"),
+        "params": _num(best, "params.n_params").round().astype("Int64"),
+        "train samples/s": _num(best, "metrics.train_samples_per_s").round().astype("Int64"),
         "infer ms p50": _num(best, "metrics.infer_latency_ms_p50"),
         "peak fraction": _num(best, "metrics.peak_fraction"),
         "grad vanish ratio": _num(best, "metrics.grad_vanish_ratio"),
@@ -137,7 +138,7 @@ def finals_table(finals: pd.DataFrame, metric: str) -> pd.DataFrame:
         rows[arch] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "architecture"
-    return table
+    return table.sort_values(f"test {metric} mean", ascending=metric == "mse") if rows else table
 
 
 def failures_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -188,7 +189,7 @@ def _plots(study: str, runs: pd.DataFrame, table: pd.DataFrame, out: Path, clien
 
 
 def _md(table: pd.DataFrame) -> str:
-    return table.to_markdown(floatfmt=".4g")
+    return table.to_markdown(floatfmt=".4g", missingval="—")
 
 
 def write_report(study: str, out_dir: str | Path = "reports") -> Path:
