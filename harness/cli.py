@@ -91,12 +91,12 @@ def _run(args) -> int:
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
     exp = load_experiment(args.experiment, sets)
-    build(exp)  # bad task options or model overrides fail here, before anything is written
+    built = build(exp)  # bad task options or model overrides fail here, before anything is written
     client = get_client()
     try:
         result = tracked_fit(
             client, experiment_id(client, exp.name), exp, name=run_name(exp),
-            tags={"harness.role": "run", "harness.study": exp.name},
+            tags={"harness.role": "run", "harness.study": exp.name}, built=built,
         )
     except Diverged as e:  # the run is already closed FAILED with harness.failure=diverged
         print(f"harness: {exp.model.arch} on {exp.task.name} diverged: {e}; try a lower train.lr or set train.clip_norm",

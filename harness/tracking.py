@@ -289,14 +289,17 @@ def tracked_fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     on_start: Callable[[str], None] | None = None,
     pruned: tuple[type[BaseException], ...] = (),
+    built: tuple[Task, torch.nn.Module] | None = None,
 ) -> TrialResult:
     """Build and train `exp` as one MLflow run; the run ends FINISHED, KILLED (pruned) or FAILED.
 
-    `on_start(run_id)` is called once the run exists. Exceptions propagate after the run is
-    closed (metrics so far, artifacts but the checkpoint, tags), so the caller (the sweep) can decide.
+    `built`: the task and model already made by `build(exp)` (a caller that validates before
+    writing anything passes them on rather than loading twice). `on_start(run_id)` is called
+    once the run exists. Exceptions propagate after the run is closed (metrics so far,
+    artifacts but the checkpoint, tags), so the caller (the sweep) can decide.
     """
     dev = resolve_device(device or exp.train.device)
-    task, model = build(exp)
+    task, model = built or build(exp)
     every = exp.tracking.grad_stats_every
     every = default_every(dev) if every is None else every
     params = run_params(exp, model, task, dev, every)
