@@ -313,18 +313,20 @@ def tracked_fit(
     history: list[dict[str, float]] = []
     monitor = start_system_metrics(client, run_id, exp.tracking)
 
+    def add_grad_stats() -> None:
+        for step, values in stats.drain() if stats is not None else ():
+            buffer.add(values, step=step)
+
     def epoch_hook(epoch: int, record: dict[str, float]) -> None:
         history.append(record)
         buffer.add(record, step=epoch)
-        for step, values in stats.drain() if stats is not None else ():
-            buffer.add(values, step=step)
+        add_grad_stats()
         buffer.flush()
         if on_epoch is not None:
             on_epoch(epoch, record)
 
     def record(final: dict[str, float] | None, result: TrialResult | None) -> None:
-        for step, values in stats.drain() if stats is not None else ():
-            buffer.add(values, step=step)
+        add_grad_stats()
         if final:  # step 0; a key also logged per epoch (train_samples_per_s) already ends on its final value
             buffer.add({k: v for k, v in final.items() if k not in history[-1]})
         buffer.flush(force=True)

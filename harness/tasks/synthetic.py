@@ -50,9 +50,16 @@ def copy_data(n: int, delay: int, rng: np.random.Generator) -> tuple[torch.Tenso
     return x, torch.from_numpy(target)
 
 
-def _sizes(train_size: int, test_size: int) -> None:
+def _splits(make, train_size: int, test_size: int, val_size: float | int, data_seed: int, split_seed: int) -> dict:
+    """Task fields x_/y_ train/val/test of a generated task: `make(n, rng)` draws train and test
+    from separate seeded streams, and validation is carved from train."""
     positive_int("train_size", train_size, 2)
     positive_int("test_size", test_size)
+    train_rng, test_rng = _rngs(data_seed)
+    x, y = make(train_size, train_rng)
+    x_test, y_test = make(test_size, test_rng)
+    x_train, y_train, x_val, y_val = split_train_val(x, y, val_size=val_size, seed=split_seed)
+    return dict(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test)
 
 
 @register_task
@@ -68,16 +75,11 @@ def adding(
     gives MSE 1/6, the baseline.
     """
     positive_int("seq_len", seq_len, 2)
-    _sizes(train_size, test_size)
-    train_rng, test_rng = _rngs(data_seed)
-    x, y = adding_data(train_size, seq_len, train_rng)
-    x_test, y_test = adding_data(test_size, seq_len, test_rng)
-    x_train, y_train, x_val, y_val = split_train_val(x, y, val_size=val_size, seed=split_seed)
+    d = _splits(lambda n, rng: adding_data(n, seq_len, rng), train_size, test_size, val_size, data_seed, split_seed)
     return Task(
-        name="adding", io="many-to-one",
-        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+        name="adding", io="many-to-one", **d,
         input_size=2, output_size=1, seq_len=seq_len, loss="mse", metric="mse",
-        baseline=mean_baseline(y_train, y_val),
+        baseline=mean_baseline(d["y_train"], d["y_val"]),
     )
 
 
@@ -103,14 +105,9 @@ def copy(
     the reproduced symbols. The memoryless baseline is 10·log 8 / (delay + 20).
     """
     positive_int("delay", delay)
-    _sizes(train_size, test_size)
-    train_rng, test_rng = _rngs(data_seed)
-    x, y = copy_data(train_size, delay, train_rng)
-    x_test, y_test = copy_data(test_size, delay, test_rng)
-    x_train, y_train, x_val, y_val = split_train_val(x, y, val_size=val_size, seed=split_seed)
+    d = _splits(lambda n, rng: copy_data(n, delay, rng), train_size, test_size, val_size, data_seed, split_seed)
     return Task(
-        name="copy", io="many-to-many",
-        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+        name="copy", io="many-to-many", **d,
         input_size=N_CATEGORIES + 2, output_size=N_CATEGORIES + 1, seq_len=delay + 2 * N_SYMBOLS,
-        loss="cross_entropy", metric="symbol_accuracy", baseline=copy_baseline(y_train, y_val),
+        loss="cross_entropy", metric="symbol_accuracy", baseline=copy_baseline(d["y_train"], d["y_val"]),
     )
