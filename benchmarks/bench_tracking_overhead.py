@@ -3,14 +3,14 @@
 Same process, same experiment (same seed, so the same model and data), run alternately:
 
   off   `fit(...)` with no gradient statistics and no MLflow: the loop alone
-  on    `tracked_fit(...)` with everything the defaults turn on: an MLflow run in a fresh
+  on    `run_trial(exp, [MlflowRun(...)])` with everything the defaults turn on: an MLflow run in a fresh
         SQLite store, per-epoch metrics, gradient statistics at the default cadence (the
         ∂L/∂h_t probe included), MLflow's system metrics, artifacts and checkpoint
 
 Three throughputs per run, all over epochs 2..E (epoch 1 holds warm-up):
   loop  the loop's own `train_samples_per_s` (training steps only), median over epochs
   wall  training samples ÷ wall time from the end of epoch 1 to the end of epoch E, which also
-        holds validation and every epoch's logging (read at `on_epoch`, after tracking's own)
+        holds validation and every epoch's logging (read by a callback after tracking's own)
   cpu   the same samples ÷ the process's CPU time over that span (all its threads, MLflow's
         included): on a machine shared with other work, wall time swings with their load
         while CPU time keeps counting only this process's work
@@ -64,11 +64,18 @@ def experiment(args):
 Stamp = tuple[float, float]  # (wall, process CPU) seconds at an epoch's end
 
 
-def stamp(epoch: int, record: dict) -> None:
-    STAMPS.append((time.perf_counter(), time.process_time()))
-
-
 STAMPS: list[Stamp] = []
+
+
+def stamp():
+    """A loop callback that notes the clocks at each epoch's end."""
+    from harness.callbacks import Callback
+
+    class Stamp(Callback):
+        def on_epoch_end(self, epoch: int, record: dict) -> None:
+            STAMPS.append((time.perf_counter(), time.process_time()))
+
+    return Stamp()
 
 
 def throughputs(history: list[dict[str, float]], n: int) -> tuple[float, float, float]:
@@ -78,23 +85,26 @@ def throughputs(history: list[dict[str, float]], n: int) -> tuple[float, float, 
 
 
 def run_off(exp) -> tuple[float, float, float]:
-    from harness.train import build, fit, resolve_device
+    from harness.runner import build, resolve_device
+    from harness.train import fit
 
     task, model = build(exp)
     STAMPS.clear()
-    result = fit(model, task, exp.train, device=resolve_device(exp.train.device), on_epoch=stamp)
+    result = fit(model, task, exp.train, device=resolve_device(exp.train.device), callbacks=[stamp()])
     return throughputs(result.history, len(task.x_train))
 
 
 def run_on(exp, store: str) -> tuple[float, float, float]:
     from mlflow.tracking import MlflowClient
 
+    from harness.runner import run_trial
     from harness.tasks import load_task
-    from harness.tracking import experiment_id, tracked_fit
+    from harness.tracking import MlflowRun, experiment_id
 
     client = MlflowClient(tracking_uri=store)
     STAMPS.clear()
-    result = tracked_fit(client, experiment_id(client, exp.name), exp, name="on", tags={"harness.role": "run"}, on_epoch=stamp)
+    run = MlflowRun(client, experiment_id(client, exp.name), exp, name="on", tags={"harness.role": "run"})
+    result = run_trial(exp, [run, stamp()])
     return throughputs(result.history, len(load_task(exp.task.name, **exp.task.options()).x_train))
 
 
@@ -103,7 +113,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     exp = experiment(args)
     from harness.gradients import default_every
-    from harness.train import resolve_device
+    from harness.runner import resolve_device
 
     every = exp.tracking.grad_stats_every
     every = default_every(resolve_device(exp.train.device)) if every is None else every

@@ -86,18 +86,18 @@ def _list(args) -> int:
 
 def _run(args) -> int:
     from harness.config import load_experiment
-    from harness.tracking import experiment_id, get_client, run_name, tracked_fit, tracking_uri
-    from harness.train import Diverged, build
+    from harness.errors import Diverged
+    from harness.runner import build, run_trial
+    from harness.tracking import MlflowRun, experiment_id, get_client, run_name, tracking_uri
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
     exp = load_experiment(args.experiment, sets)
     built = build(exp)  # bad task options or model overrides fail here, before anything is written
     client = get_client()
+    run = MlflowRun(client, experiment_id(client, exp.name), exp, name=run_name(exp),
+                    tags={"harness.role": "run", "harness.study": exp.name})
     try:
-        result = tracked_fit(
-            client, experiment_id(client, exp.name), exp, name=run_name(exp),
-            tags={"harness.role": "run", "harness.study": exp.name}, built=built,
-        )
+        result = run_trial(exp, [run], built=built)
     except Diverged as e:  # the run is already closed FAILED with harness.failure=diverged
         print(f"harness: {exp.model.arch} on {exp.task.name} diverged: {e}; try a lower train.lr or set train.clip_norm",
               file=sys.stderr)
@@ -105,7 +105,7 @@ def _run(args) -> int:
     m = result.metric
     print(f"{exp.model.arch} on {exp.task.name}: best val {m} {result.best_val:.4f} (epoch {result.best_epoch}), "
           f"test {m} {result.test_metric:.4f}, {result.final_metrics()['train_samples_per_s']:.0f} samples/s")
-    print(f"MLflow run {result.run_id} in {tracking_uri()}")
+    print(f"MLflow run {run.run_id} in {tracking_uri()}")
     return 0
 
 

@@ -69,7 +69,7 @@ class TrainSettings(_Section):
 
 
 class TrackingSettings(_Section):
-    """`[tracking]`: what a run records besides its metrics (keys: see the README's table)."""
+    """`[tracking]`: what a run records besides its metrics (keys: docs/run-metrics.md)."""
 
     # Optimiser steps between gradient-statistics records (the first step always records);
     # 0 turns them off; unset: 100 on CPU, 500 on GPU, where the probe's step-by-step

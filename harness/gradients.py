@@ -38,6 +38,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.errors import Diverged
+
+__all__ = ["Diverged", "FiniteCheck", "GradStats", "clip_", "default_every", "grad_norm"]
+
 DIRECTIONS = ("forward", "reverse")
 
 
@@ -47,14 +51,6 @@ def default_every(device: torch.device) -> int:
     step keeps it near 1% of training time; against cuDNN the unrolled step costs several
     to tens of fused steps (one kernel launch per op and time step), hence 500 on a GPU."""
     return 100 if device.type == "cpu" else 500
-
-
-class Diverged(RuntimeError):
-    """The loss or a gradient became non-finite at optimiser step `step` (counted from 1)."""
-
-    def __init__(self, epoch: int, step: int, what: str):
-        super().__init__(f"non-finite {what} at epoch {epoch}, step {step}")
-        self.epoch, self.step, self.what = epoch, step, what
 
 
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """MLflow: one experiment per study, a parent run per study, a nested run per trial.
 
-Everything goes through `MlflowClient` with explicit run ids (the fluent API keeps one
-active run per thread, which concurrent trials would trample).
+A training run becomes an MLflow run through `MlflowRun`, a training-loop callback
+(harness.callbacks): whoever runs the loop hands it one; tracking never runs the loop. Everything
+goes through `MlflowClient` with explicit run ids (the fluent API keeps one active run per
+thread, which concurrent trials would trample).
 
-What a trial's run holds (the README's table lists every key, unit and meaning):
+What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning):
 - params: the resolved settings as dotted keys (the task's defaults filled in, the device
-  resolved), `n_params`, `flops_per_sample`, `trial_number`;
+  resolved), `n_params`, `flops_per_sample`, `trial_number`, and what the registries say of the
+  run: `arch_family`, `arch_bidirectional`, `task_io`, `task_metric`, `task_metric_direction`;
 - tags: `harness.role` (study | trial | run), `harness.study`, `harness.trial`, `harness.state`
   (complete | pruned | failed), on failure `harness.failure` (`diverged` or the exception's
   type), `harness.error` and, for divergence, `harness.failure_epoch` / `harness.failure_step`;
@@ -22,7 +25,6 @@ ends, never per optimiser step.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import logging
 import math
@@ -31,19 +33,20 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils import get_results_from_paginated_fn
 
-from harness.archs import count_params, model_flops
+from harness.archs import arch_info
+from harness.callbacks import Callback, FitStart, TrialResult
 from harness.config import Experiment, TrackingSettings, tracking_uri
-from harness.gradients import GradStats, default_every
-from harness.tasks import Task
-from harness.train import Diverged, TrialResult, build, fit, resolve_device
+from harness.errors import Diverged, Pruned
+from harness.gradients import GradStats
+from harness.tasks import Task, task_defaults
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
 BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -70,13 +73,8 @@ def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str |
 def find_runs(client: MlflowClient, exp_id: str, **tags: str) -> list:
     """Runs of an experiment whose `harness.<key>` tags equal the given values."""
     filt = " and ".join(f"tags.`harness.{k}` = '{v}'" for k, v in tags.items())
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp_id], filter_string=filt, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+    return get_results_from_paginated_fn(
+        lambda n, token: client.search_runs([exp_id], filter_string=filt, max_results=n, page_token=token), 1000)
 
 
 def _str(v: Any) -> str:
@@ -182,27 +180,25 @@ def run_tags(task: Task, dev: torch.device) -> dict[str, str]:
     return tags
 
 
-def run_params(exp: Experiment, model: torch.nn.Module, task: Task, dev: torch.device, every: int) -> dict[str, Any]:
-    """The resolved settings as dotted keys, the model's size and analytic FLOPs."""
-    from harness.tasks import _registry as tasks  # the task's own defaults fill unset options
-
+def run_params(exp: Experiment, start: FitStart) -> dict[str, Any]:
+    """The resolved settings as dotted keys, the model's size and analytic FLOPs, and what the
+    registries say of the run: its architecture's family and direction, the task's io, metric
+    and the metric's direction (the report ranks by it)."""
+    task = start.task
     params = {k: v for k, v in exp.flat().items() if k.split(".")[0] in ("task", "model", "train", "tracking")}
-    for name, p in _signature(tasks.get(exp.task.name)).items():
-        if params.get(f"task.{name}") is None and p.default is not p.empty:
-            params[f"task.{name}"] = p.default
-    params |= {"train.device": str(dev), "tracking.grad_stats_every": every,
-               "n_params": count_params(model), "flops_per_sample": model_flops(model, task.seq_len),
-               "task_io": task.io, "task_metric": task.metric}
+    for name, default in task_defaults(exp.task.name).items():  # the task's own defaults fill unset options
+        if params.get(f"task.{name}") is None:
+            params[f"task.{name}"] = default
+    arch = arch_info(exp.model.arch, **exp.model.overrides())
+    params |= {"train.device": str(start.device),
+               "tracking.grad_stats_every": start.grad_stats.every if start.grad_stats else 0,
+               "n_params": start.n_params, "flops_per_sample": start.flops_per_sample,
+               "arch_family": arch.family, "arch_bidirectional": arch.bidirectional,
+               "task_io": task.io, "task_metric": task.metric,
+               "task_metric_direction": "maximize" if task.maximize else "minimize"}
     if task.baseline is not None:  # the loss of the best input-blind predictor: learning starts below it
         params["task_baseline"] = task.baseline
     return params
-
-
-def _signature(fn) -> dict:
-    try:
-        return dict(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return {}
 
 
 def start_system_metrics(client: MlflowClient, run_id: str, cfg: TrackingSettings):
@@ -267,9 +263,9 @@ def write_artifacts(
             client.log_artifacts(run_id, tmp)
 
 
-def failure_tags(e: BaseException, pruned: tuple[type[BaseException], ...]) -> tuple[dict[str, Any], str]:
+def failure_tags(e: BaseException) -> tuple[dict[str, Any], str]:
     """The tags and final status of a run that ended with `e`."""
-    if pruned and isinstance(e, pruned):
+    if isinstance(e, Pruned):
         return {"harness.state": "pruned"}, "KILLED"
     tags = {"harness.state": "failed", "harness.error": str(e) or repr(e)}
     if isinstance(e, Diverged):
@@ -277,83 +273,58 @@ def failure_tags(e: BaseException, pruned: tuple[type[BaseException], ...]) -> t
     return tags | {"harness.failure": type(e).__name__}, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
 
 
-def tracked_fit(
-    client: MlflowClient,
-    exp_id: str,
-    exp: Experiment,
-    *,
-    name: str,
-    tags: dict[str, Any],
-    parent: str | None = None,
-    device: str | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    on_start: Callable[[str], None] | None = None,
-    pruned: tuple[type[BaseException], ...] = (),
-    built: tuple[Task, torch.nn.Module] | None = None,
-) -> TrialResult:
-    """Build and train `exp` as one MLflow run; the run ends FINISHED, KILLED (pruned) or FAILED.
+class MlflowRun(Callback):
+    """One training run as one MLflow run: created when the loop starts (`run_id` is set then),
+    metrics buffered as epochs and gradient records come, artifacts and the final status at the
+    end. It ends FINISHED, KILLED (pruned, interrupted) or FAILED with the reason in its tags."""
 
-    `built`: the task and model already made by `build(exp)` (a caller that validates before
-    writing anything passes them on rather than loading twice). `on_start(run_id)` is called
-    once the run exists. Exceptions propagate after the run is closed (metrics so far,
-    artifacts but the checkpoint, tags), so the caller (the sweep) can decide.
-    """
-    dev = resolve_device(device or exp.train.device)
-    task, model = built or build(exp)
-    every = exp.tracking.grad_stats_every
-    every = default_every(dev) if every is None else every
-    params = run_params(exp, model, task, dev, every)
-    if "harness.trial" in tags:
-        params["trial_number"] = tags["harness.trial"]
-    run_id = start_run(client, exp_id, name, tags={**tags, **run_tags(task, dev)}, params=params, parent=parent)
-    if on_start is not None:  # e.g. the sweep records the run id so a dead worker's run can be closed
-        on_start(run_id)
-    stats = GradStats(model, every=every, clip_norm=exp.train.clip_norm) if every else None
-    buffer = MetricBuffer(client, run_id)
-    history: list[dict[str, float]] = []
-    monitor = start_system_metrics(client, run_id, exp.tracking)
+    def __init__(self, client: MlflowClient, exp_id: str, exp: Experiment, *, name: str, tags: dict[str, Any],
+                 parent: str | None = None):
+        self.client, self.exp_id, self.exp = client, exp_id, exp
+        self.name, self.tags, self.parent = name, tags, parent
+        self.run_id: str | None = None
 
-    def add_grad_stats() -> None:
-        for step, values in stats.drain() if stats is not None else ():
-            buffer.add(values, step=step)
+    def on_fit_start(self, start: FitStart) -> None:
+        self.start = start
+        params = run_params(self.exp, start)
+        if "harness.trial" in self.tags:
+            params["trial_number"] = self.tags["harness.trial"]
+        tags = {**self.tags, **run_tags(start.task, start.device)}
+        self.run_id = start_run(self.client, self.exp_id, self.name, tags=tags, params=params, parent=self.parent)
+        self.buffer = MetricBuffer(self.client, self.run_id)
+        self.monitor = start_system_metrics(self.client, self.run_id, self.exp.tracking)
 
-    def epoch_hook(epoch: int, record: dict[str, float]) -> None:
-        history.append(record)
-        buffer.add(record, step=epoch)
-        add_grad_stats()
-        buffer.flush()
-        if on_epoch is not None:
-            on_epoch(epoch, record)
+    def on_grad_stats(self, step: int, values: dict[str, float]) -> None:
+        self.buffer.add(values, step=step)
 
-    def record(final: dict[str, float] | None, result: TrialResult | None) -> None:
-        add_grad_stats()
-        if final:  # step 0; a key also logged per epoch (train_samples_per_s) already ends on its final value
-            buffer.add({k: v for k, v in final.items() if k not in history[-1]})
-        buffer.flush(force=True)
-        write_artifacts(client, run_id, exp, metric=task.metric, history=history, best_epoch=result.best_epoch if result else 0,
-                        stats=stats, model=model if result else None)
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        self.buffer.add(record, step=epoch)
+        self.buffer.flush()
 
-    def end(end_tags: dict[str, Any], status: str) -> None:
-        if monitor is not None:
-            monitor.finish()
-        set_tags(client, run_id, end_tags)
-        client.set_terminated(run_id, status)
+    def on_fit_end(self, result: TrialResult) -> None:
+        try:  # step 0; a key also logged per epoch (train_samples_per_s) already ends on its final value
+            self.buffer.add({k: v for k, v in result.final_metrics().items() if k not in result.history[-1]})
+            self._write(result, self.start.model)
+        except BaseException as e:
+            self._end(*failure_tags(e))
+            raise
+        self._end({"harness.state": "complete"}, "FINISHED")
 
-    try:
-        result = fit(model, task, exp.train, device=dev, on_epoch=epoch_hook, grad_stats=stats)
-    except BaseException as e:
-        try:  # keep what the run logged up to here; the trial's own failure is the one to report
-            record(None, None)
-        except Exception as log_error:
-            warnings.warn(f"run {run_id}: logging after {type(e).__name__} failed: {log_error}", stacklevel=2)
+    def on_fit_failure(self, error: BaseException, result: TrialResult) -> None:
+        if self.run_id is None:  # failed before the run existed
+            return
+        try:  # keep what the run logged up to here, all artifacts but the checkpoint
+            self._write(result, None)
         finally:
-            end(*failure_tags(e, pruned))
-        raise
-    try:
-        record(result.final_metrics(), result)
-    except BaseException as e:
-        end(*failure_tags(e, pruned))
-        raise
-    end({"harness.state": "complete"}, "FINISHED")
-    result.run_id = run_id
-    return result
+            self._end(*failure_tags(error))
+
+    def _write(self, result: TrialResult, model: torch.nn.Module | None) -> None:
+        self.buffer.flush(force=True)
+        write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
+                        best_epoch=result.best_epoch if model is not None else 0, stats=self.start.grad_stats, model=model)
+
+    def _end(self, tags: dict[str, Any], status: str) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+        set_tags(self.client, self.run_id, tags)
+        self.client.set_terminated(self.run_id, status)

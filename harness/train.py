@@ -2,65 +2,31 @@
 
 `fit` trains a model on a task's tensors, evaluates validation every epoch, restores the
 epoch the validation metric chose, measures the test split once at the end, then the model's
-inference latency and the run's memory and FLOP rate (`harness.speed`). It knows nothing of
-Optuna or MLflow: callers pass `on_epoch`, which may raise (to prune) and which is where
-tracking logs, and optionally a `GradStats` (`harness.gradients`) that records gradient
+inference latency and the run's memory and FLOP rate (`harness.speed`). It imports neither
+Optuna nor MLflow: whoever watches a run passes `Callback`s (harness.callbacks), which may raise
+`Pruned` to stop it, and optionally a `GradStats` (harness.gradients) that records gradient
 statistics on its steps. A non-finite loss or gradient raises `Diverged` (see `FiniteCheck`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from harness import speed
-from harness.archs import count_params, create_model, model_flops
-from harness.config import Experiment, TrainSettings
-from harness.errors import HarnessError
-from harness.gradients import Diverged, FiniteCheck, GradStats, clip_, grad_norm
-from harness.tasks import Task, load_task
+from harness.archs import count_params, model_flops
+from harness.callbacks import Callback, FitStart, TrialResult
+from harness.config import TrainSettings
+from harness.errors import Diverged
+from harness.gradients import FiniteCheck, GradStats, clip_, grad_norm
+from harness.tasks import Task
 
-__all__ = ["Diverged", "TrialResult", "build", "evaluate", "fit", "make_optimizer", "resolve_device"]
-
-
-@dataclass
-class TrialResult:
-    """What one training run produced; tracking logs it, the sweep returns its objective."""
-
-    metric: str
-    maximize: bool
-    n_params: int
-    flops_per_sample: int | None
-    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
-    best_epoch: int = 0
-    best_val: float = math.nan
-    test_loss: float = math.nan
-    test_metric: float = math.nan
-    steps: int = 0  # optimiser steps taken
-    samples_trained: int = 0
-    train_time_s: float = 0.0  # time in training steps only (no evaluation)
-    total_time_s: float = 0.0
-    speed: dict[str, float] = field(default_factory=dict)  # latency, memory, FLOP rate (harness.speed)
-    run_id: str | None = None  # set by tracking
-
-    def final_metrics(self) -> dict[str, float]:
-        m = self.metric
-        return {
-            "test_loss": self.test_loss,
-            f"test_{m}": self.test_metric,
-            f"best_val_{m}": self.best_val,
-            "best_epoch": float(self.best_epoch),
-            # the last epoch's rate, past the first epoch's warm-up (MLflow's latest value too)
-            "train_samples_per_s": self.history[-1]["train_samples_per_s"] if self.history else math.nan,
-            "total_time_s": self.total_time_s,
-            **self.speed,
-        }
+__all__ = ["Diverged", "TrialResult", "evaluate", "fit", "flush_denormals", "make_optimizer"]
 
 
 def flush_denormals() -> None:
@@ -69,29 +35,6 @@ def flush_denormals() -> None:
     trains 2-3x slower and the speed comparison favours whichever model vanishes least. Set
     before torch starts its threads (a later call only covers the calling thread)."""
     torch.set_flush_denormal(True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise HarnessError(f"train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HarnessError(f"train.device: {name!r} asked for, but no CUDA GPU is visible")
-    return dev
-
-
-def build(exp: Experiment) -> tuple[Task, nn.Module]:
-    """Load the experiment's task and build its model (seeded by `train.seed`)."""
-    task = load_task(exp.task.name, **exp.task.options())
-    torch.manual_seed(exp.train.seed)
-    model = create_model(
-        exp.model.arch, input_size=task.input_size, output_size=task.output_size,
-        io=task.io, seq_len=task.seq_len, **exp.model.overrides(),
-    )
-    return task, model
 
 
 def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
@@ -124,13 +67,13 @@ def fit(
     cfg: TrainSettings,
     *,
     device: torch.device,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
     grad_stats: GradStats | None = None,
 ) -> TrialResult:
-    """Train, select the best validation epoch, test once. Raises `Diverged` on NaN/inf.
-
-    `on_epoch(epoch, record)` runs after each epoch's validation; `grad_stats` records on its
-    steps (its probe forward then replaces the plain one: same output, every h_t kept).
+    """Train, select the best validation epoch, test once; tell `callbacks` as it goes (see
+    harness.callbacks). Raises `Diverged` on NaN/inf, and whatever a callback raised, after
+    every callback's `on_fit_failure`. `grad_stats` records on its steps (its probe forward then
+    replaces the plain one: same output, every h_t kept).
     """
     start = time.perf_counter()
     model.to(device)
@@ -139,6 +82,37 @@ def fit(
         metric=task.metric, maximize=task.maximize,
         n_params=count_params(model), flops_per_sample=model_flops(model, task.seq_len),
     )
+    begin = FitStart(model, task, device, grad_stats, result.n_params, result.flops_per_sample)
+    try:
+        for cb in callbacks:
+            cb.on_fit_start(begin)
+        _train(model, task, cfg, device, callbacks, grad_stats, result)
+        result.total_time_s = time.perf_counter() - start
+        # the device's matmul peak is measured here, after the run, outside its total time
+        result.speed |= speed.training_speed(result.flops_per_sample, result.history[-1]["train_samples_per_s"], device)
+    except BaseException as e:
+        try:  # what was recorded up to the failure still reaches the callbacks
+            _grad_records(grad_stats, callbacks)
+        finally:
+            for cb in callbacks:
+                try:  # the run's own failure is the one to raise
+                    cb.on_fit_failure(e, result)
+                except Exception as cb_error:
+                    warnings.warn(f"{type(cb).__name__}.on_fit_failure failed: {cb_error}", stacklevel=2)
+        raise
+    for cb in callbacks:
+        cb.on_fit_end(result)
+    return result
+
+
+def _grad_records(grad_stats: GradStats | None, callbacks: Sequence[Callback]) -> None:
+    for step, values in grad_stats.drain() if grad_stats is not None else ():
+        for cb in callbacks:
+            cb.on_grad_stats(step, values)
+
+
+def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.device, callbacks: Sequence[Callback],
+           grad_stats: GradStats | None, result: TrialResult) -> None:
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
@@ -193,12 +167,10 @@ def fit(
         if best_state is None or better:
             result.best_val, result.best_epoch = val_metric, epoch
             best_state = copy.deepcopy(model.state_dict())
-        if on_epoch is not None:
-            on_epoch(epoch, record)
+        _grad_records(grad_stats, callbacks)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, record)
     model.load_state_dict(best_state)
     result.test_loss, result.test_metric = evaluate(model, task, "test", device, cfg.eval_batch_size)
     result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device)
     result.speed["peak_memory_mb"] = speed.peak_memory_mb(device)
-    result.total_time_s = time.perf_counter() - start
-    result.speed |= speed.training_speed(result.flops_per_sample, record["train_samples_per_s"], device)
-    return result

@@ -11,10 +11,21 @@ import torch
 from torch import nn
 
 from harness.archs import create_model
+from harness.callbacks import Callback
 from harness.config import TrainSettings
 from harness.gradients import Diverged, FiniteCheck, GradStats, grad_norm, group_of, takes_hidden
 from harness.tasks import load_task
 from harness.train import fit
+
+
+class Records(Callback):
+    """The gradient records the loop hands its callbacks, as (step, metrics)."""
+
+    def __init__(self):
+        self.records = []
+
+    def on_grad_stats(self, step, values):
+        self.records.append((step, values))
 
 
 def probe_step(model: nn.Module, x: torch.Tensor, loss_fn, y: torch.Tensor, every: int = 1, clip_norm=None):
@@ -138,8 +149,9 @@ def test_tiny_clip_norm_clips_every_step():
     torch.manual_seed(0)
     model = create_model("gru", input_size=2, output_size=1, io="many-to-one", seq_len=20, hidden_size=16)
     stats = GradStats(model, every=2, clip_norm=1e-3)
-    fit(model, task, adding_cfg(clip_norm=1e-3), device=torch.device("cpu"), grad_stats=stats)
-    records = [m for _, m in stats.drain()]
+    seen = Records()
+    fit(model, task, adding_cfg(clip_norm=1e-3), device=torch.device("cpu"), grad_stats=stats, callbacks=[seen])
+    records = [m for _, m in seen.records]
     assert len(records) == 4  # steps 1, 2, 4, 6 of 6 (360 training sequences, batches of 64)
     assert all(m["clip_fraction"] == 1.0 for m in records)
     assert all(m["grad_norm_clipped"] <= 1e-3 < m["grad_norm"] for m in records)
@@ -150,10 +162,11 @@ def test_relu_rnn_with_lr_1_diverges_without_touching_the_weights():
     torch.manual_seed(0)
     model = create_model("rnn-relu", input_size=2, output_size=1, io="many-to-one", seq_len=100, hidden_size=32)
     stats = GradStats(model, every=100)
+    seen = Records()
     with pytest.raises(Diverged) as info:
-        fit(model, task, adding_cfg(lr=1.0, epochs=3), device=torch.device("cpu"), grad_stats=stats)
+        fit(model, task, adding_cfg(lr=1.0, epochs=3), device=torch.device("cpu"), grad_stats=stats, callbacks=[seen])
     assert info.value.epoch == 1 and info.value.step > 1
     # The diverging step is recorded, with its non-finite entries, and never reached the optimiser.
-    (step, last), = [r for r in stats.drain() if r[0] == info.value.step]
+    (step, last), = [r for r in seen.records if r[0] == info.value.step]
     assert last["grad_nonfinite"] > 0 or not math.isfinite(last["grad_norm"])
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness.sweep import with_driver
+from harness.sweep.storage import with_driver
 from tests.test_sweep import EXPERIMENT
 
 
@@ -110,7 +110,7 @@ def test_two_workers_on_one_postgres_study(postgres_url, workdir):
 
 def test_unreachable_postgres_is_one_line(workdir):
     from harness.errors import HarnessError
-    from harness.sweep import make_storage
+    from harness.sweep.storage import make_storage
 
     url = f"postgresql://u:secret@127.0.0.1:{_free_port()}/optuna"
     t0 = time.time()

@@ -6,15 +6,24 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from harness.archs import arch_info
+from harness.cli import main
 from harness.errors import HarnessError
-from harness.report import family, write_report
+from harness.report import write_report
+from harness.tasks import _registry as tasks
+from harness.tasks import load_task, register_task
+from harness.tasks.metrics import _metrics as metrics
+from harness.tasks.metrics import register_metric
+
+FAMILY = {"lstm": "LSTM", "rnn": "RNN", "bigru": "BRNN"}  # what the registry logs for these runs
 
 
 def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None, test=None, speed=None, **extra_tags):
     run = client.create_run(exp_id, run_name=name)
     rid = run.info.run_id
     tags = {"harness.role": role, "harness.study": "s", "harness.state": state, **extra_tags}
-    params = {"model.arch": arch, "n_params": 100, "task.name": "digits", "task_io": "many-to-one", "task_metric": "accuracy"}
+    params = {"model.arch": arch, "n_params": 100, "task.name": "digits", "task_io": "many-to-one", "task_metric": "accuracy",
+              "task_metric_direction": "maximize", "arch_family": FAMILY[arch]}
     metrics = {k: v for k, v in {"best_val_accuracy": val, "test_accuracy": test, "train_samples_per_s": speed}.items() if v is not None}
     client.log_batch(rid, metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, v) for k, v in tags.items()])
@@ -66,13 +75,63 @@ def test_unfinished_trials_are_explained(study):
 
 
 @pytest.mark.parametrize(
-    ("arch", "bidirectional", "expected"),
-    [("rnn", None, "RNN"), ("rnn-sigmoid", None, "RNN"), ("brnn", None, "BRNN"), ("bilstm", None, "BRNN"),
-     ("lstm", "True", "BRNN"), ("seed-lstm", None, "LSTM"), ("gru", "False", "GRU"), ("mlp", None, "MLP"),
-     ("my_archs:tiny_gru", None, "my_archs:tiny_gru")],
+    ("arch", "overrides", "expected"),
+    [("rnn", {}, "RNN"), ("rnn-sigmoid", {}, "RNN"), ("brnn", {}, "BRNN"), ("bilstm", {}, "BRNN"),
+     ("lstm", {"bidirectional": True}, "BRNN"), ("brnn", {"bidirectional": False}, "RNN"), ("seed-lstm", {}, "LSTM"),
+     ("gru", {"bidirectional": False}, "GRU"), ("mlp", {}, "MLP")],
 )
-def test_families(arch, bidirectional, expected):
-    assert family(arch, bidirectional) == expected
+def test_families_come_from_the_registry(arch, overrides, expected):
+    assert arch_info(arch, **overrides).family == expected
+
+
+def test_a_plug_in_without_a_family_is_custom(workdir):
+    (workdir / "family_plugins.py").write_text(
+        "from harness.archs import describe_model\nfrom harness.archs.recurrent import gru\n"
+        "def tiny_gru(**kw):\n    return gru(**{'hidden_size': 8, **kw})\n"
+        "@describe_model(family='GRU')\ndef said_gru(**kw):\n    return gru(**{'hidden_size': 8, **kw})\n")
+    assert arch_info("family_plugins:tiny_gru").family == "custom"
+    assert arch_info("family_plugins:said_gru").family == "GRU"
+    assert arch_info("family_plugins:said_gru", bidirectional=True).family == "BRNN"
+
+
+@pytest.fixture
+def lower_is_better_task():
+    """A task whose metric is registered here, lower is better, and which harness has never heard of."""
+
+    @register_metric(higher_is_better=False)
+    def abs_error(out, y):
+        return (out - y).abs().mean()
+
+    @register_task
+    def noisy_sum(seq_len: int = 10, train_size: int = 300, test_size: int = 60, split_seed: int = 0):
+        """many-to-one: the adding problem, scored by mean absolute error."""
+        from dataclasses import replace
+
+        base = load_task("adding", seq_len=seq_len, train_size=train_size, test_size=test_size, split_seed=split_seed)
+        return replace(base, name="noisy-sum", metric="abs_error")
+
+    yield "noisy-sum"
+    del tasks.entries["noisy-sum"], metrics.entries["abs_error"]
+
+
+@pytest.mark.slow
+def test_a_lower_is_better_metric_is_ranked_ascending(workdir, lower_is_better_task, capsys):
+    """A grid over three architectures on a task whose metric the report's code never names."""
+    (workdir / "exp.toml").write_text(
+        'name = "low"\n[task]\nname = "noisy-sum"\n[train]\nepochs = 2\nlr = 0.01\n'
+        '[tracking]\nsystem_metrics = false\ncheckpoint = false\n'
+        '[sweep]\nsampler = "grid"\npruner = "none"\n[sweep.space]\n"model.arch" = ["rnn", "gru", "mlp"]\n'
+        '"model.hidden_size" = [8]\n')
+    assert main(["sweep", str(workdir / "exp.toml"), "--out", str(workdir / "out")]) == 0
+    text = (workdir / "out" / "low.md").read_text()
+    assert "metric `abs_error` (lower is better)" in text
+    header = next(line for line in text.splitlines() if line.startswith("| architecture"))
+    column = [c.strip() for c in header.split("|")].index("best val abs_error")
+    rows = [line.split("|") for line in text.split("## Architectures")[1].split("##")[0].splitlines()
+            if line.startswith("| ") and not line.startswith("| architecture")]
+    values = [float(r[column]) for r in rows]
+    assert len(values) == 3 and values == sorted(values) and values[0] < values[-1]
+    assert {r[2].strip() for r in rows} == {"RNN", "GRU", "MLP"}  # families as the registry logged them
 
 
 def test_unknown_study_and_missing_store(workdir):

@@ -16,14 +16,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import workers
 from harness.archs import count_params, create_model
 from harness.cli import _parser, _sweep_experiment
 from harness.config import load_experiment
 from harness.errors import HarnessError
-from harness.sweep import arch_choices, make_storage, masked, objectives, resolve_storage, run
+from harness.sweep import run, workers
+from harness.sweep.objective import objectives
+from harness.sweep.space import arch_choices
+from harness.sweep.storage import make_storage, masked, resolve_storage
+from harness.sweep.workers import Slot, is_gone, plan_slots, worker_id
 from harness.tracking import get_client, start_run
-from harness.workers import Slot, is_gone, plan_slots, worker_id
 from tests.conftest import EXPERIMENTS
 
 # Small and fast: 256 MNIST-1D sequences, hidden size 8, nothing tracked beyond metrics.
@@ -208,6 +210,8 @@ def test_worker_identity_tells_a_dead_process():
         p.kill()
     host, boot, pid, start = token.split("|")
     assert not is_gone(f"another-host|{boot}|{pid}|{start}")  # only a heartbeat can tell
+    host, boot, _, start = worker_id().split("|")
+    assert is_gone(f"{host}|{boot}|{os.getpid()}|1.00")  # a live pid that started at another time: reused
     assert not is_gone("garbage")
 
 
@@ -365,7 +369,7 @@ def test_journal_storage_recovers_a_trial_left_running_by_a_dead_worker(exp_file
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_heartbeat_fails_and_requeues_a_silent_trial_of_another_machine(exp_file, monkeypatch):
-    import harness.sweep as sweep_module
+    import harness.sweep.storage as sweep_module
 
     monkeypatch.setattr(sweep_module, "HEARTBEAT_S", 1)
     monkeypatch.setattr(sweep_module, "GRACE_S", 2)

@@ -12,20 +12,23 @@ import numpy as np
 import pytest
 import torch
 
-from harness.archs import IO_KINDS
+from harness.archs import IO_KINDS, create_model
 from harness.cli import main
 from harness.config import validate
 from harness.errors import HarnessError
-from harness.tasks import METRICS, accuracy, describe_task, list_tasks, load_task, symbol_accuracy
+from harness.runner import build
+from harness.tasks import describe_task, list_tasks, load_task, task_defaults
 from harness.tasks import mnist as mnist_module
-from harness.train import build, fit
+from harness.tasks.metrics import accuracy, higher_is_better, list_metrics, symbol_accuracy
+from harness.train import fit
 from tests.conftest import EXPERIMENTS
 from tests.idx_files import FILES, idx_bytes, write_mnist
 
 N_TRAIN_IDX, N_TEST_IDX = 60, 20
 MNIST_NAMES = [f"{d}-{f}" for d in ("mnist", "fashion") for f in ("rows", "pixels", "permuted")]
 
-# name → (options, io, x shape per example, y shape per example, train + val, test)
+# name → (options, io, x shape per example, y shape per example, train + val, test): the sizes the
+# built-in tasks promise. Tests of the task contract run over every registered task instead.
 TASKS = {
     "mnist1d": ({}, "many-to-one", (40, 1), (), 4000, 1000),
     "mnist1d-generate": ({"train_size": 300, "test_size": 50}, "one-to-many", (12,), (40, 1), 300, 50),
@@ -49,8 +52,9 @@ def idx_root(tmp_path_factory) -> Path:
 
 
 def load(name: str, idx_root: Path, **extra):
-    options = dict(TASKS[name][0])
-    if name in MNIST_NAMES:
+    """A registered task, small: its test-size options if it has some, the tiny IDX files if it reads files."""
+    options = dict(TASKS[name][0]) if name in TASKS else {}
+    if "data_dir" in task_defaults(name):
         options |= {"data_dir": str(idx_root), "download": False}
     return load_task(name, **options | extra)
 
@@ -77,35 +81,56 @@ def test_every_task_is_listed_with_its_shape():
     assert {spec[1] for spec in TASKS.values()} == set(IO_KINDS)
 
 
-@pytest.mark.parametrize("name", TASKS)
-def test_shapes_dtypes_and_split_sizes(name, idx_root):
-    _, io, x_shape, y_shape, n_train_val, n_test = TASKS[name]
+@pytest.mark.parametrize("name", list_tasks())
+def test_every_registered_task_keeps_the_io_contract(name, idx_root):
+    """What harness.archs and the loop rely on, for any task: dtypes, shapes by io kind, labels in
+    range, a registered metric and loss, and a real model's output the loss and metric accept."""
     task = load(name, idx_root)
-    assert task.name == name and task.io == io
-    assert len(task.x_train) + len(task.x_val) == n_train_val and len(task.x_val) == round(0.1 * n_train_val)
-    assert len(task.x_test) == n_test
+    assert task.name == name and task.io in IO_KINDS and task.metric in list_metrics()
     classify = task.loss == "cross_entropy"
     for which in ("train", "val", "test"):
         x, y = task.split(which)
-        assert x.dtype == torch.float32 and tuple(x.shape[1:]) == x_shape and torch.isfinite(x).all()
-        assert y.dtype == (torch.long if classify else torch.float32) and tuple(y.shape[1:]) == y_shape
-        assert len(x) == len(y)
+        assert len(x) == len(y) > 0
+        assert x.dtype == torch.float32 and torch.isfinite(x).all()
+        assert y.dtype == (torch.long if classify else torch.float32)
         if classify:
-            assert 0 <= int(y.min()) and int(y.max()) < task.output_size
-    # The I/O contract of harness.archs: what an architecture built from these fields reads.
-    if io in ("one-to-one", "one-to-many"):
-        assert task.x_train.shape[1:] == (task.input_size,)
-    else:
-        assert task.x_train.shape[1:] == (task.seq_len, task.input_size)
-    if io in ("many-to-many", "one-to-many"):
-        assert task.y_train.shape[1] == task.seq_len
-    if io == "one-to-one":
+            labelled = y[y != -100]
+            assert 0 <= int(labelled.min()) and int(labelled.max()) < task.output_size
+        if task.io in ("one-to-one", "one-to-many"):
+            assert x.shape[1:] == (task.input_size,)
+        else:
+            assert x.shape[1:] == (task.seq_len, task.input_size)
+        if task.io in ("many-to-many", "one-to-many"):
+            assert y.shape[1] == task.seq_len
+    if task.io == "one-to-one":
         assert task.seq_len == 1
+    torch.manual_seed(0)
+    model = create_model("gru", input_size=task.input_size, output_size=task.output_size, io=task.io,
+                         seq_len=task.seq_len, hidden_size=8)
+    out = model(task.x_val[:16])
+    loss, metric = task.loss_fn(out, task.y_val[:16]), task.metric_fn(out, task.y_val[:16])
+    assert loss.ndim == metric.ndim == 0 and torch.isfinite(loss) and torch.isfinite(metric)
+    loss.backward()  # the loss reaches every parameter
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", TASKS)
+def test_shapes_and_split_sizes(name, idx_root):
+    _, io, x_shape, y_shape, n_train_val, n_test = TASKS[name]
+    task = load(name, idx_root)
+    assert task.io == io
+    assert len(task.x_train) + len(task.x_val) == n_train_val and len(task.x_val) == round(0.1 * n_train_val)
+    assert len(task.x_test) == n_test
+    for which in ("train", "val", "test"):
+        x, y = task.split(which)
+        assert tuple(x.shape[1:]) == x_shape and tuple(y.shape[1:]) == y_shape
+
+
+@pytest.mark.parametrize("name", list_tasks())
 def test_splits_are_disjoint_and_deterministic(name, idx_root):
     task = load(name, idx_root)
+    if "split_seed" not in task_defaults(name):
+        pytest.skip(f"{name} takes no split_seed")
     train = rows(task.x_train)
     assert len(train) == len(task.x_train)  # no example repeats within the split
     assert not train & rows(task.x_val) and not train & rows(task.x_test) and not rows(task.x_val) & rows(task.x_test)
@@ -167,7 +192,7 @@ def test_symbol_accuracy_counts_only_the_reproduced_symbols():
     out = torch.nn.functional.one_hot(torch.tensor([[1, 2, 3, 4]]), 9).float()
     assert symbol_accuracy(out, y).item() == 0.5  # wrong blanks do not count
     assert accuracy(out, y).item() == 0.25
-    assert METRICS["symbol_accuracy"][1] is True and load_task("copy", delay=1, train_size=20, test_size=5).maximize
+    assert higher_is_better("symbol_accuracy") and load_task("copy", delay=1, train_size=20, test_size=5).maximize
 
 
 def test_mnist1d_generate_renders_templates():

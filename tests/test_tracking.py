@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from harness.archs import count_params
+from harness.callbacks import Callback
 from harness.config import validate
-from harness.gradients import Diverged
-from harness.tracking import experiment_id, get_client, git_commit, study_run, tracked_fit
-from harness.train import build, evaluate
+from harness.errors import Diverged, Pruned
+from harness.runner import build, run_trial
+from harness.tracking import MlflowRun, experiment_id, get_client, git_commit, study_run
+from harness.train import evaluate
 
 EPOCH_KEYS = {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
 GRAD_KEYS = {"grad_norm", "grad_norm_clipped", "clip_fraction", "grad_nonfinite", "grad_norm/rnn.layer0",
@@ -37,10 +39,16 @@ def experiment(**sections) -> object:
     return validate(raw)
 
 
-def run_it(exp, **kw):
+def tracked(client, exp_id, exp, name, tags, parent=None, callbacks=()):
+    """Train `exp` as one MLflow run, as `harness run` does; returns (result, run id)."""
+    run = MlflowRun(client, exp_id, exp, name=name, tags=tags, parent=parent)
+    return run_trial(exp, [run, *callbacks]), run.run_id
+
+
+def run_it(exp):
     client = get_client()
-    result = tracked_fit(client, experiment_id(client, exp.name), exp, name="r", tags={"harness.role": "run"}, **kw)
-    return client, result, client.get_run(result.run_id)
+    result, run_id = tracked(client, experiment_id(client, exp.name), exp, "r", {"harness.role": "run"})
+    return client, result, client.get_run(run_id)
 
 
 def steps(client, run_id: str, key: str) -> list[int]:
@@ -51,12 +59,15 @@ def steps(client, run_id: str, key: str) -> list[int]:
 def test_trial_run_holds_every_key(workdir):
     exp = experiment(tracking={"system_metrics_interval": 0.2})
     client, result, run = run_it(exp)
-    data, run_id = run.data, result.run_id
+    data, run_id = run.data, run.info.run_id
     assert run.info.status == "FINISHED" and data.tags["harness.state"] == "complete"
 
     # Params: the resolved settings (task defaults filled in), size and analytic FLOPs.
     task, model = build(exp)
     p = data.params
+    # What the registries say: the family the report groups by, the direction it ranks by.
+    assert (p["arch_family"], p["arch_bidirectional"], p["task_metric"], p["task_metric_direction"]) == (
+        "BRNN", "True", "accuracy", "maximize")
     assert p["model.arch"] == "brnn" and p["model.hidden_size"] == "12" and p["train.clip_norm"] == "1.0"
     assert p["task.val_size"] == "0.1" and p["train.device"] == "cpu" and p["tracking.grad_stats_every"] == "3"
     assert p["n_params"] == str(count_params(model)) and p["flops_per_sample"] == str(model.flops(40))
@@ -129,8 +140,8 @@ def test_tanh_rnn_gradient_vanishes_where_an_lstm_keeps_it(workdir):
         exp = validate({"name": "vanish", "task": {"name": "adding", "seq_len": 100, "train_size": 400},
                         "model": {"arch": arch, "hidden_size": 32, **extra}, "train": {"epochs": 1, "seed": 0},
                         "tracking": {"grad_stats_every": 2, "checkpoint": False, "system_metrics": False}})
-        client, result, _ = run_it(exp)
-        history = client.get_metric_history(result.run_id, "grad_vanish_ratio")
+        client, _, run = run_it(exp)
+        history = client.get_metric_history(run.info.run_id, "grad_vanish_ratio")
         assert [h.step for h in history] == [1, 2, 4, 6]
         ratios[arch] = statistics.median(h.value for h in history)
     assert ratios["rnn"] < 1e-2, ratios
@@ -151,7 +162,7 @@ def test_diverged_run_is_failed_and_the_study_goes_on(workdir):
     def objective(trial: optuna.Trial) -> float:
         exp = base.with_values({"train.lr": trial.suggest_categorical("train.lr", [1.0, 1e-3])})
         tags = {"harness.role": "trial", "harness.study": "study", "harness.trial": trial.number}
-        return tracked_fit(client, exp_id, exp, name=f"t{trial.number}", tags=tags, parent=parent).best_val
+        return tracked(client, exp_id, exp, f"t{trial.number}", tags, parent)[0].best_val
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study.optimize(objective, n_trials=2, catch=(Diverged,))
@@ -168,22 +179,20 @@ def test_diverged_run_is_failed_and_the_study_goes_on(workdir):
 
 
 def test_errors_and_pruning_close_the_run(workdir):
-    class Prune(Exception):
-        pass
+    class Raise(Callback):
+        def __init__(self, error: Exception):
+            self.error = error
 
-    def boom(epoch, record):
-        raise RuntimeError("disk on fire")
-
-    def prune(epoch, record):
-        raise Prune
+        def on_epoch_end(self, epoch, record):
+            raise self.error
 
     exp = experiment(train={"epochs": 2}, tracking={"system_metrics": False, "checkpoint": False})
     client = get_client()
     exp_id = experiment_id(client, exp.name)
     with pytest.raises(RuntimeError):
-        tracked_fit(client, exp_id, exp, name="boom", tags={"harness.role": "run"}, on_epoch=boom)
-    with pytest.raises(Prune):
-        tracked_fit(client, exp_id, exp, name="prune", tags={"harness.role": "run"}, on_epoch=prune, pruned=(Prune,))
+        tracked(client, exp_id, exp, "boom", {"harness.role": "run"}, callbacks=[Raise(RuntimeError("disk on fire"))])
+    with pytest.raises(Pruned):
+        tracked(client, exp_id, exp, "prune", {"harness.role": "run"}, callbacks=[Raise(Pruned("at epoch 1"))])
     runs = {r.info.run_name: r for r in client.search_runs([exp_id])}
     assert runs["boom"].info.status == "FAILED"
     assert runs["boom"].data.tags["harness.failure"] == "RuntimeError" and runs["boom"].data.tags["harness.error"] == "disk on fire"

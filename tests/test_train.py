@@ -8,9 +8,12 @@ import math
 import pytest
 import torch
 
+from harness.callbacks import Callback
 from harness.config import TrainSettings, validate
+from harness.errors import Pruned
 from harness.gradients import GradStats
-from harness.train import build, evaluate, fit
+from harness.runner import build
+from harness.train import evaluate, fit
 
 CPU = torch.device("cpu")
 
@@ -22,11 +25,37 @@ def small(arch: str = "lstm", **train) -> tuple:
     return exp, task, model
 
 
+class Recorder(Callback):
+    """Writes down every hook the loop calls, in order."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.calls, self.stop_at = [], stop_at
+
+    def on_fit_start(self, start):
+        self.calls.append(("start", start.n_params))
+
+    def on_epoch_end(self, epoch, record):
+        self.calls.append(("epoch", epoch))
+        if epoch == self.stop_at:
+            raise Pruned(f"pruned at epoch {epoch}")
+
+    def on_grad_stats(self, step, values):
+        self.calls.append(("grad", step))
+
+    def on_fit_end(self, result):
+        self.calls.append(("end", result.best_epoch))
+
+    def on_fit_failure(self, error, result):
+        self.calls.append(("failure", type(error).__name__, len(result.history)))
+
+
 def test_fit_records_each_epoch_and_tests_the_chosen_checkpoint():
     exp, task, model = small()
-    seen = []
-    result = fit(model, task, exp.train, device=CPU, on_epoch=lambda e, r: seen.append(e))
-    assert seen == [1, 2, 3] and len(result.history) == 3
+    seen = Recorder()
+    result = fit(model, task, exp.train, device=CPU, callbacks=[seen])
+    assert seen.calls == [("start", sum(p.numel() for p in model.parameters())), ("epoch", 1), ("epoch", 2), ("epoch", 3),
+                          ("end", result.best_epoch)]
+    assert len(result.history) == 3
     assert result.steps == 3 * math.ceil(512 / 64) and result.samples_trained == 3 * 512
     for h in result.history:
         assert set(h) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
@@ -58,9 +87,23 @@ def test_probing_every_step_trains_like_the_plain_loop():
         exp, task, model = small("gru", epochs=2, clip_norm=1.0)
         gs = GradStats(model, every=1, clip_norm=1.0) if stats else None
         histories.append(fit(model, task, exp.train, device=CPU, grad_stats=gs).history)
+        if stats:  # it did probe: every step's record reached the callbacks' side
+            assert gs.profile and len(gs.profile) == 2 * 8
     for plain, probed in zip(*histories, strict=True):
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert probed[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-3)
+
+
+def test_callbacks_hear_gradient_records_before_their_epoch_and_a_prune_as_a_failure():
+    exp, task, model = small(epochs=3)
+    first, second = Recorder(stop_at=2), Recorder()
+    with pytest.raises(Pruned, match="epoch 2"):
+        fit(model, task, exp.train, device=CPU, callbacks=[first, second], grad_stats=GradStats(model, every=4))
+    # 8 steps an epoch: records at steps 1, 4, 8 | 12, 16, each epoch's before its end; then the
+    # prune raised by the first callback reaches both as a failure with the history so far.
+    expected = [("grad", 1), ("grad", 4), ("grad", 8), ("epoch", 1), ("grad", 12), ("grad", 16), ("epoch", 2)]
+    assert first.calls[1:] == [*expected, ("failure", "Pruned", 2)]
+    assert second.calls[1:] == [*expected[:-1], ("failure", "Pruned", 2)]  # never saw epoch 2's end
 
 
 def test_clip_norm_is_a_sweepable_train_setting():

@@ -21,12 +21,17 @@ Without `return_hidden` nothing changes: the fused kernels run as usual. Models 
 `flops(seq_len) -> int`, the analytic forward FLOPs per sample (matmuls: 2·G·H·(I+H) per step,
 direction and layer, G = 1 / 3 / 4 for RNN / GRU / LSTM, plus heads; training ≈ 3× forward).
 
-A new architecture is one function decorated with `@register_model` that takes
+A new architecture is one function decorated with `@register_model(family=...)` that takes
 `input_size, output_size, io, seq_len` and its own options as keywords and returns such a
-module. Users plug in theirs without touching harness: name it `module:function` in an
-experiment file, or register it under the `harness.archs` entry-point group of their package.
-Overrides set to None are dropped; an override the function does not take, or an invalid
-value, is a `HarnessError` naming `model.<option>`.
+module; a module of its own in this package is imported automatically. Users plug in theirs
+without touching harness: name it `module:function` in an experiment file, or register it
+under the `harness.archs` entry-point group of their package (`@describe_model(family=...)`
+gives such a plug-in its family). Overrides set to None are dropped; an override the function
+does not take, or an invalid value, is a `HarnessError` naming `model.<option>`.
+
+Each architecture declares its `family` (one of `FAMILIES`; `custom` when it does not say) and
+whether it is `bidirectional`; `arch_info` resolves both for a run (an override
+`bidirectional = true` makes any model a BRNN), and every run logs them (harness.tracking).
 """
 
 from __future__ import annotations
@@ -35,23 +40,52 @@ import functools
 import importlib
 import inspect
 import os
+import pkgutil
 import re
 import sys
 import warnings
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.registry import Registry
+from harness.registry import Registry, meta_of, set_meta
 
 IO_KINDS = ("one-to-one", "one-to-many", "many-to-one", "many-to-many")
 CONTRACT = ("input_size", "output_size", "io", "seq_len")  # keywords every factory takes
 ENTRY_POINT_GROUP = "harness.archs"
+# The families a report compares; BRNN is every bidirectional model, whatever its cell.
+FAMILIES = ("RNN", "LSTM", "GRU", "BRNN", "MLP", "custom")
 
 _registry = Registry("architecture")
-register_model = _registry.register
 _plugins_loaded = False
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """What a run logs about its architecture: `arch_family`, `arch_bidirectional`."""
+
+    family: str
+    bidirectional: bool
+
+
+def _checked(family: str, bidirectional: bool) -> dict:
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
+    return {"family": family, "bidirectional": bool(bidirectional) or family == "BRNN"}
+
+
+def register_model(fn=None, *, name: str | None = None, family: str = "custom", bidirectional: bool = False):
+    """Decorator: register an architecture factory under `name` (default: its function name,
+    '_' → '-') with its family and whether it is bidirectional by default."""
+    return _registry.register(fn, name=name, **_checked(family, bidirectional))
+
+
+def describe_model(*, family: str, bidirectional: bool = False):
+    """Decorator for a plug-in factory (entry point or `module:function`): its family, without
+    registering it in harness."""
+    return lambda fn: set_meta(fn, **_checked(family, bidirectional))
 
 
 def _load_plugins() -> None:
@@ -111,6 +145,16 @@ def get_model_fn(name: str):
         return _import_ref(name)
     _load_plugins()
     return _registry.get(name)
+
+
+def arch_info(name: str, **overrides) -> ArchInfo:
+    """The family and direction of architecture `name` built with `overrides`."""
+    meta = meta_of(get_model_fn(name))
+    family = meta.get("family", "custom")
+    bidirectional = overrides.get("bidirectional")
+    if not isinstance(bidirectional, bool):  # unset, or a bad value create_model refuses
+        bidirectional = meta.get("bidirectional", False)
+    return ArchInfo("BRNN" if bidirectional else family, bidirectional)
 
 
 def _keywords(fn) -> list[str] | None:
@@ -177,5 +221,6 @@ def check(ok: bool, field: str, message: str) -> None:
         raise HarnessError(f"model.{field}: {message}")
 
 
-# Register the built-in families (import for their side effect).
-from harness.archs import mlp, recurrent, seed  # noqa: E402,F401
+# Register the built-in families: every module of this package, imported for its side effect.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -37,7 +37,7 @@ class MLP(nn.Module):
         return sum(2 * m.weight.numel() for m in self.net if isinstance(m, nn.Linear))
 
 
-@register_model
+@register_model(family="MLP")
 def mlp(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
         num_layers: int = 2, dropout: float = 0.0) -> MLP:
     """Feed-forward baseline: flattened sequence → [Linear(128) → ReLU → Dropout] × 2 → Linear."""

@@ -383,56 +383,56 @@ def variant_of(builder):
 # --- the registered variants: defaults first, the caller's overrides last --------------------
 
 
-@register_model
+@register_model(family="RNN")
 @variant_of(elman)
 def rnn(**kw):
     """RNN: Elman, tanh (activation = tanh | relu | sigmoid); 1 layer × 128."""
     return elman(**{"hidden_size": 128, "activation": "tanh", **kw})
 
 
-@register_model
+@register_model(family="RNN")
 @variant_of(elman)
 def rnn_relu(**kw):
     """RNN: Elman, ReLU; 1 layer × 128."""
     return elman(**{"hidden_size": 128, "activation": "relu", **kw})
 
 
-@register_model
+@register_model(family="RNN")
 @variant_of(elman)
 def rnn_sigmoid(**kw):
     """RNN: Elman, logistic sigmoid (harness's own recurrence, hand-written BPTT); 1 layer × 128."""
     return elman(**{"hidden_size": 128, "activation": "sigmoid", **kw})
 
 
-@register_model
+@register_model(family="RNN", bidirectional=True)
 @variant_of(elman)
 def brnn(**kw):
     """BRNN: bidirectional Elman, tanh (activation = tanh | relu | sigmoid); 1 layer × 2×128."""
     return elman(**{"hidden_size": 128, "activation": "tanh", "bidirectional": True, **kw})
 
 
-@register_model
+@register_model(family="LSTM")
 @variant_of(lstm_net)
 def lstm(**kw):
     """LSTM (Hochreiter & Schmidhuber 1997); 1 layer × 128; forget_bias option (1.0: Jozefowicz 2015)."""
     return lstm_net(**{"hidden_size": 128, **kw})
 
 
-@register_model
+@register_model(family="LSTM", bidirectional=True)
 @variant_of(lstm_net)
 def bilstm(**kw):
     """BRNN: bidirectional LSTM; 1 layer × 2×128; forget_bias option."""
     return lstm_net(**{"hidden_size": 128, "bidirectional": True, **kw})
 
 
-@register_model
+@register_model(family="GRU")
 @variant_of(gru_net)
 def gru(**kw):
     """GRU (Cho et al. 2014); 1 layer × 128."""
     return gru_net(**{"hidden_size": 128, **kw})
 
 
-@register_model
+@register_model(family="GRU", bidirectional=True)
 @variant_of(gru_net)
 def bigru(**kw):
     """BRNN: bidirectional GRU; 1 layer × 2×128."""

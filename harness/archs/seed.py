@@ -49,7 +49,7 @@ class SeedLSTM(nn.Module):
                 + recurrent_flops(self.lstm2, self.lstm2.input_size, steps) + head_flops(self.io, steps, list(self.head)))
 
 
-@register_model
+@register_model(family="LSTM")
 def seed_lstm(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
               dense_size: int = 64, dropout: float = 0.2, init: str = "keras") -> SeedLSTM:
     """LSTM: the seed notebook's LSTM(128) → LSTM(128) → Dense(64, ReLU) → Dense; dropout 0.2, Keras init."""

@@ -3,56 +3,29 @@
 A task is data (train / validation / test tensors), its I/O kind (see `harness.archs`),
 and its loss and metric. Validation is carved from the training set with a fixed seed and is
 what sweeps select on; the test split is evaluated once, after training, and never used to
-choose anything. A new task is one module here with one function under `@register_task`.
+choose anything. A new task is one module here with one function under `@register_task`
+(every module of this package is imported); its metric is a name from `harness.tasks.metrics`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from harness.registry import Registry
+from harness.tasks.metrics import LOSSES, cross_entropy, higher_is_better, metric_fn, mse
+
+__all__ = ["Task", "cross_entropy", "list_tasks", "load_task", "mse", "register_task", "split_train_val"]
 
 _registry = Registry("task")
 register_task = _registry.register
-
-
-def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Share of correct class predictions; per-step outputs count each labelled step
-    (targets of -100 are unlabelled, as in `cross_entropy`'s `ignore_index`)."""
-    mask = y != -100
-    return (out.argmax(-1)[mask] == y[mask]).float().mean()
-
-
-def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-
-def symbol_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-step accuracy over the steps whose target is a symbol, not the blank class 0
-    (the copy task's reproduced part: predicting blanks right earns nothing)."""
-    mask = y > 0
-    return (out.argmax(-1)[mask] == y[mask]).float().mean()
-
-
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(out, y)
-
-
-# metric name → (function, larger is better). Names are forever: they become MLflow keys
-# (`val_<metric>`, `test_<metric>`).
-METRICS: dict[str, tuple[Callable, bool]] = {
-    "accuracy": (accuracy, True),
-    "symbol_accuracy": (symbol_accuracy, True),
-    "mse": (mse, False),
-}
-LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": mse}
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,17 +45,23 @@ class Task:
     metric: str = "accuracy"
     baseline: float | None = None  # loss of the trivial predictor, where the task defines one
 
+    def __post_init__(self) -> None:
+        metric_fn(self.metric)  # an unknown metric name fails here, naming the known ones
+        if self.loss not in LOSSES:
+            raise HarnessError(f"task {self.name!r}: unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+
     @property
     def loss_fn(self) -> Callable:
         return LOSSES[self.loss]
 
     @property
     def metric_fn(self) -> Callable:
-        return METRICS[self.metric][0]
+        return metric_fn(self.metric)
 
     @property
     def maximize(self) -> bool:
-        return METRICS[self.metric][1]
+        """Whether a higher metric is better (the metric's registration says)."""
+        return higher_is_better(self.metric)
 
     def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
@@ -144,6 +123,12 @@ def task_options(name: str) -> list[str]:
     return [p for p in inspect.signature(_registry.get(name)).parameters if p != "n_train"] + ["n_train"]
 
 
+def task_defaults(name: str) -> dict:
+    """The default of each option task `name` takes (those with one), as a run logs them."""
+    params = inspect.signature(_registry.get(name)).parameters
+    return {k: p.default for k, p in params.items() if p.default is not p.empty}
+
+
 def load_task(name: str, *, n_train: int | None = None, **options) -> Task:
     """Load task `name`. `n_train` keeps only the first N training examples (quick runs)."""
     fn = _registry.get(name)
@@ -167,4 +152,6 @@ def _first(task: Task, n: int) -> Task:
     return replace(task, x_train=task.x_train[:n], y_train=task.y_train[:n])
 
 
-from harness.tasks import digits, mnist, mnist1d, synthetic  # noqa: E402,F401  (registers the built-in tasks)
+# Register the built-in tasks: every module of this package, imported for its side effect.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

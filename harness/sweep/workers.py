@@ -1,4 +1,5 @@
-"""The device pool: which devices a sweep runs on, one worker process per slot, worker identity.
+"""Worker processes: which devices a sweep runs on, one worker process per slot, worker identity,
+and Ctrl-C / SIGTERM as a clean stop.
 
 A slot is one worker: a device and the torch thread count it should use. `plan_slots` picks
 them (every visible CUDA GPU, else Apple MPS, else the CPU with a notice), `spawn` starts one
@@ -6,27 +7,27 @@ process per slot. Workers are *spawned*, never forked (CUDA and fork do not mix)
 environment set before their interpreter starts: `CUDA_VISIBLE_DEVICES` binds each to its GPU,
 `OMP_NUM_THREADS` splits the CPU between them.
 
-A worker's identity (`worker_id()`: host, boot, pid and process start time) is recorded on its
-trials, so a later sweep on the same machine can tell at once that a RUNNING trial's process
-is gone (`is_gone`), without waiting for a heartbeat to go stale.
+A worker's identity (`worker_id()`: host, boot time, pid and process start time, read through
+psutil) is recorded on its trials, so a later sweep on the same machine can tell at once that a
+RUNNING trial's process is gone (`is_gone`), without waiting for a heartbeat to go stale.
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+import psutil
+
+from harness.callbacks import Callback
 from harness.errors import HarnessError
 
 
@@ -107,27 +108,24 @@ def plan_slots(devices: list[str], jobs: int, train_device: str = "auto") -> tup
     return slots, notice
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        return "-"
+def _boot() -> str:
+    return f"{psutil.boot_time():.0f}"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+def _started(pid: int) -> str | None:
+    """The process's start time, to tell a reused pid apart; None when no such process runs
+    (a zombie has exited already)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        p = psutil.Process(pid)
+        return None if p.status() == psutil.STATUS_ZOMBIE else f"{p.create_time():.2f}"
+    except psutil.NoSuchProcess:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return "Z" if fields[0] in "ZX" else fields[19]  # a zombie has exited already
 
 
 def worker_id(pid: int | None = None) -> str:
     """`host|boot|pid|start`: names this process on this machine, across pid reuse."""
     pid = pid or os.getpid()
-    return f"{socket.gethostname()}|{_boot_id()}|{pid}|{_start_time(pid) or '-'}"
+    return f"{socket.gethostname()}|{_boot()}|{pid}|{_started(pid) or '-'}"
 
 
 def is_gone(token: str) -> bool:
@@ -137,39 +135,13 @@ def is_gone(token: str) -> bool:
         pid = int(pid_text)
     except ValueError:
         return False
-    if (host, boot) != (socket.gethostname(), _boot_id()):
+    if (host, boot) != (socket.gethostname(), _boot()):
         return False  # another machine's worker: only its heartbeat can tell
-    now = _start_time(pid)
-    if now is not None:
-        return now == "Z" or (start != "-" and now != start)
-    if Path("/proc").is_dir():
-        return True
-    try:  # no /proc (macOS): does the pid exist at all?
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-@contextmanager
-def machine_lock(key: str):
-    """Hold an exclusive lock named `key` across this machine's processes (a no-op where there
-    is no `fcntl`). Sweeps starting together take it to create a SQLite store's tables one at a
-    time: neither Optuna nor MLflow creates them safely in parallel."""
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    name = hashlib.sha1(key.encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"harness-{name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        now = _started(pid)
+    except psutil.AccessDenied:  # another user's live process
+        return False
+    return now is None or (start != "-" and now != start)
 
 
 _stop = threading.Event()
@@ -210,6 +182,14 @@ def _watch_parent(parent: int) -> None:
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGINT)
             return
+
+
+class StopOnSignal(Callback):
+    """Ends a run between epochs once a stop was requested (a Ctrl-C the interpreter swallowed)."""
+
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        if stop_requested():
+            raise KeyboardInterrupt("stop requested")
 
 
 def _child(slot: Slot, parent: int, target: Callable, args: tuple) -> None:

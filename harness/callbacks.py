@@ -1,0 +1,81 @@
+"""What the training loop tells the code that watches it, and what it returns.
+
+`fit` (harness.train) calls each `Callback` in the order given: `on_fit_start` once the model is
+on its device, `on_epoch_end` after each epoch's validation, `on_grad_stats` for each gradient
+record (harness.gradients), then `on_fit_end` with the `TrialResult`, or `on_fit_failure` when
+anything raised (a callback included: raising `harness.errors.Pruned` stops a run on purpose).
+Tracking (MLflow) and a sweep's pruning are callbacks; the loop knows neither.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type names only: this module imports no torch
+    from harness.gradients import GradStats
+
+
+@dataclass
+class TrialResult:
+    """What one training run produced: tracking logs it, the sweep takes its objective from it."""
+
+    metric: str
+    maximize: bool
+    n_params: int
+    flops_per_sample: int | None
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    best_epoch: int = 0
+    best_val: float = math.nan
+    test_loss: float = math.nan
+    test_metric: float = math.nan
+    steps: int = 0  # optimiser steps taken
+    samples_trained: int = 0
+    train_time_s: float = 0.0  # time in training steps only (no evaluation)
+    total_time_s: float = 0.0
+    speed: dict[str, float] = field(default_factory=dict)  # latency, memory, FLOP rate (harness.speed)
+
+    def final_metrics(self) -> dict[str, float]:
+        m = self.metric
+        return {
+            "test_loss": self.test_loss,
+            f"test_{m}": self.test_metric,
+            f"best_val_{m}": self.best_val,
+            "best_epoch": float(self.best_epoch),
+            # the last epoch's rate, past the first epoch's warm-up (MLflow's latest value too)
+            "train_samples_per_s": self.history[-1]["train_samples_per_s"] if self.history else math.nan,
+            "total_time_s": self.total_time_s,
+            **self.speed,
+        }
+
+
+@dataclass(frozen=True)
+class FitStart:
+    """The run about to train: its model (on `device`), task and gradient recorder."""
+
+    model: Any  # torch.nn.Module
+    task: Any  # harness.tasks.Task
+    device: Any  # torch.device
+    grad_stats: GradStats | None
+    n_params: int
+    flops_per_sample: int | None
+
+
+class Callback:
+    """Override what you need; every hook does nothing by default."""
+
+    def on_fit_start(self, start: FitStart) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        pass
+
+    def on_grad_stats(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def on_fit_end(self, result: TrialResult) -> None:
+        pass
+
+    def on_fit_failure(self, error: BaseException, result: TrialResult) -> None:
+        """`result` holds what the run did before `error` (its history so far)."""

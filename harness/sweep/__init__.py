@@ -1,0 +1,171 @@
+"""`harness sweep`: an Optuna study over architectures and hyperparameters, on every device.
+
+This module runs a sweep from start to end (`run`); each job lives in its own module:
+`space` (search space, sampler, pruner), `storage` (URLs, drivers, masking, the machine lock),
+`recovery` (lost trials, orphan runs), `objective` (one trial), `pool` and `workers` (worker
+processes), `progress`, `finals` (fresh-seed re-runs), `pareto`; `optuna_private` is the one
+adapter over Optuna's private API.
+
+The experiment's `[sweep]` section is the study: objectives, the search space (`[sweep.space]`
+plus per-architecture `[sweep.space_by_arch.<arch>]`), sampler, pruner (fed each epoch's
+validation value), `n_trials` and/or `timeout`, seed. One worker per device slot
+(`workers`) runs trials against the shared storage; each trial is a validated
+`Experiment`, trained by the one loop and tracked as an MLflow run nested under the study's run.
+
+Storage: a SQLite file (`optuna.db`) by default, `postgresql://…` for workers on many machines,
+a journal file (`journal:PATH`, or a path ending .log / .journal) for many processes on one
+machine. Running the same command again resumes the study and its MLflow parent run.
+
+Promises:
+- the study ends holding exactly `n_trials` ended trials (complete, pruned, or failed by their
+  own error, see `ended`) however many workers race for the last ones: a trial started beyond
+  that count fails at once, before sampling, marked with the user attribute `harness_surplus`;
+- a trial whose worker died is failed and queued again with the same parameters — at once when
+  the worker ran on this machine (its process is gone), after the heartbeat grace period
+  otherwise (RDB storages) — and its MLflow run is closed FAILED (`harness.failure=worker_lost`);
+  no run of the study is left RUNNING by a sweep that ends;
+- Ctrl-C (or SIGTERM) fails the running trials, ends their runs KILLED and leaves the storage
+  consistent; the next run of the command resumes;
+- multi-objective studies tag their Pareto-optimal trial runs `harness.pareto=true`;
+- `repeat = K` re-trains each architecture's best trial with K fresh seeds as runs tagged
+  `harness.role=final` / `harness.stage=final` under the study's run (trial runs are
+  `harness.role=trial` / `harness.stage=search`, so finals never count as search trials).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.config import Experiment, tracking_uri
+from harness.errors import HarnessError
+from harness.sweep import workers
+from harness.sweep.finals import FinalRun, run_repeats
+from harness.sweep.objective import Objective, Plan, objectives
+from harness.sweep.pareto import tag_pareto
+from harness.sweep.pool import quiet_optuna, run_pool, work
+from harness.sweep.progress import Progress
+from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
+from harness.sweep.space import check_models, grid_size, make_pruner, make_sampler
+from harness.sweep.storage import machine_lock, make_storage, masked, resolve_storage
+from harness.tasks import load_task
+from harness.tracking import find_runs, get_client, study_run
+
+__all__ = ["SweepOutcome", "run"]
+
+
+def parent_run(client, exp: Experiment, storage: str) -> tuple[str, str]:
+    """The study's MLflow experiment and parent run, reused when it exists. Two sweeps starting
+    together on different machines may both create one: the oldest wins, the other is deleted."""
+    logged = exp.with_values({"sweep.storage": masked(storage)})  # never log a database password
+    exp_id, run_id = study_run(client, logged, exp.name)
+    runs = find_runs(client, exp_id, role="study", study=exp.name)
+    if len(runs) > 1:
+        keep = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if keep != run_id:
+            client.delete_run(run_id)
+            client.update_run(keep, status="RUNNING")
+            run_id = keep
+    return exp_id, run_id
+
+
+@dataclass
+class SweepOutcome:
+    study: optuna.Study
+    objectives: list[Objective]
+    storage: str
+    pareto: list[FrozenTrial]
+    finals: list[FinalRun]
+
+    def lines(self) -> list[str]:
+        """What the command prints at the end: counts, best or Pareto front, final runs."""
+        trials = self.study.get_trials(deepcopy=False)
+        count = {s: sum(t.state == s and not t.user_attrs.get("harness_surplus") for t in trials) for s in TrialState}
+        parts = [f"{count[s]} {s.name.lower()}" for s in TrialState if count[s]]
+        out = [f"study {self.study.study_name!r} ({masked(self.storage)}): {', '.join(parts) or 'no trials'}"]
+        objs = self.objectives
+
+        def describe(t: FrozenTrial) -> str:
+            values = ", ".join(f"{o.key}={v:.4g}" for o, v in zip(objs, t.values, strict=True))
+            params = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                               for k, v in t.params.items())
+            return f"  #{t.number}: {values}  ({params})"
+
+        if len(objs) > 1 and self.pareto:
+            out.append(f"Pareto front ({len(self.pareto)} trials, tagged harness.pareto=true):")
+            out += [describe(t) for t in sorted(self.pareto, key=lambda t: t.number)]
+        elif len(objs) == 1 and count[TrialState.COMPLETE]:
+            out.append(f"best {objs[0]}:")
+            out.append(describe(self.study.best_trial))
+        if self.finals:
+            out.append(f"final runs (best trial per architecture, fresh seeds; {objs[0].key} / test):")
+            for arch in dict.fromkeys(f.arch for f in self.finals):
+                fs = [f for f in self.finals if f.arch == arch]
+                vals, tests = [f.value for f in fs], [f.test_metric for f in fs]
+                sd = f" ± {statistics.stdev(vals):.3g}" if len(vals) > 1 else ""
+                out.append(f"  {arch} (trial #{fs[0].source_trial}, {len(fs)} seed{'s' * (len(fs) > 1)}): {statistics.mean(vals):.4g}{sd}"
+                           f" / {statistics.mean(tests):.4g}")
+        return out
+
+
+def run(
+    exp: Experiment, *, study_name: str | None = None, storage: str | None = None, progress: bool | None = None,
+) -> SweepOutcome:
+    """Run (or resume) the study until it holds `sweep.n_trials` ended trials or `timeout`
+    passes, on every slot `sweep.devices` × `sweep.jobs` gives, then tag the Pareto front and
+    run the repeats. `progress`: None shows the live display when stdout is a terminal."""
+    if study_name:
+        exp = exp.with_values({"name": study_name})
+    url = resolve_storage(storage or exp.sweep.storage)
+    task = load_task(exp.task.name, **exp.task.options())
+    objs = objectives(exp, task)
+    check_models(exp, task)
+    slots, notice = workers.plan_slots(exp.sweep.devices, exp.sweep.jobs, exp.train.device)
+    if notice:
+        print(f"harness: {notice}", file=sys.stderr)
+    quiet_optuna()
+    with machine_lock(url):
+        study = optuna.create_study(
+            study_name=exp.name, storage=make_storage(url), load_if_exists=True,
+            sampler=make_sampler(exp, len(objs) > 1), pruner=make_pruner(exp), directions=[o.direction for o in objs],
+        )
+    if [d.name.lower() for d in study.directions] != [o.direction for o in objs]:
+        raise HarnessError(f"study {exp.name!r} exists with other objectives; choose another --study name")
+    with machine_lock(tracking_uri()):
+        client = get_client()
+        exp_id, parent = parent_run(client, exp, url)
+    status, pareto, finals = "FAILED", [], []
+    try:
+        fail_lost_trials(study)
+        close_orphan_runs(client, exp_id, study)
+        caps = [c for c in (exp.sweep.n_trials, grid_size(exp)) if c is not None]
+        plan = Plan(
+            exp=exp, objectives=objs, storage=url, exp_id=exp_id, parent_run=parent, n_trials=min(caps) if caps else None,
+            deadline=time.time() + exp.sweep.timeout if exp.sweep.timeout else None, n_existing=len(study.trials),
+            metric=task.metric,
+        )
+        with workers.interruptible():
+            with Progress(study, plan, progress) as bar:
+                if len(slots) == 1:
+                    work(plan, slots[0], on_trial=bar.update)
+                else:
+                    run_pool(plan, slots, study, bar)
+                bar.update(study)
+            if plan.multi:
+                pareto = tag_pareto(client, exp_id, study)
+            if exp.sweep.repeat:
+                finals = run_repeats(plan, study, exp.sweep.repeat, slots[0].run_device)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        fail_lost_trials(study)
+        close_orphan_runs(client, exp_id, study)
+        client.set_terminated(parent, status)
+    return SweepOutcome(study, objs, url, pareto, finals)

@@ -1,0 +1,106 @@
+"""Where a study lives: storage specs → URLs, the PostgreSQL driver, passwords masked, the
+Optuna storage opened with retries and heartbeats, and a machine-wide lock for file stores.
+
+Specs: unset → SQLite `optuna.db` in the working directory; `journal:PATH` or a path ending
+.log / .journal → Optuna's journal file (many processes on one machine); any database URL
+(`sqlite:///…`, `postgresql://user:pass@host/db` for workers on many machines).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from filelock import FileLock
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from harness.config import default_storage
+from harness.errors import HarnessError
+from harness.sweep.recovery import lost_trial
+
+HEARTBEAT_S = 10  # a worker's trial records a heartbeat this often (RDB storages)
+GRACE_S = 60  # a RUNNING trial without a heartbeat for this long is failed and re-queued
+
+
+def resolve_storage(spec: str | None) -> str:
+    """A storage spec as a URL: unset → SQLite `optuna.db` here; `journal:PATH` or a path
+    ending .log / .journal → `journal:<absolute path>`; anything else must be a database URL."""
+    if not spec:
+        return default_storage()
+    if spec.startswith("journal:") or spec.endswith((".log", ".journal")) and "://" not in spec:
+        path = Path(spec.removeprefix("journal:")).expanduser()
+        return f"journal:{path.resolve()}"
+    if "://" not in spec:
+        raise HarnessError(f"sweep.storage: {spec!r} is neither a database URL (sqlite:///optuna.db, "
+                           "postgresql://user:pass@host/db) nor a journal file (journal:PATH or *.log)")
+    return spec
+
+
+def masked(url: str) -> str:
+    """The URL without its password, fit to print and log."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a database URL (journal:PATH): it holds no password
+        return url
+    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
+
+
+def with_driver(url: str) -> str:
+    """`postgresql://` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by
+    it, 2.0 psycopg2; harness's `postgres` extra installs psycopg2."""
+    if not url.startswith("postgresql://"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return url.replace("postgresql://", f"postgresql+{driver}://", 1)
+    raise HarnessError(f"sweep.storage: {masked(url)} needs a PostgreSQL driver; pip install 'harness[postgres]'")
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage for a resolved URL, with heartbeats where the storage has them."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    # SQLite: wait for a busy database rather than fail (several local workers share the file).
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    kwargs = {"engine_kwargs": engine, "heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    return optuna.storages.RDBStorage(with_driver(url), **kwargs, heartbeat_stale_trial_callback=lost_trial)
+                except TypeError:  # Optuna < 4.9 names it failed_trial_callback
+                    return optuna.storages.RDBStorage(with_driver(url), **kwargs, failed_trial_callback=lost_trial)
+        except ModuleNotFoundError as e:
+            raise HarnessError(f"sweep.storage: {masked(url)} needs the {e.name!r} module; pip install 'harness[postgres]'") from None
+        except Exception as e:  # the database's own reason (refused, no such database, bad password …)
+            if attempt < 2:  # workers starting together race to create Optuna's tables: look again
+                time.sleep(1 + attempt)
+                continue
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HarnessError(f"sweep.storage: cannot open {masked(url)}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def machine_lock(url: str):
+    """Hold an exclusive lock on a file store (SQLite) across this machine's processes: neither
+    Optuna nor MLflow creates a SQLite store's tables safely in parallel. The lock file sits
+    beside the database (`optuna.db.lock`), so one store has one lock and nothing piles up in
+    the temp folder. Server stores (PostgreSQL, an MLflow server) need none."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        yield
