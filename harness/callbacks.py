@@ -28,8 +28,14 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
     best_epoch: int = 0
     best_val: float = math.nan
+    epochs_run: int = 0
+    stopped_early: bool = False  # train.patience ended it before the cap
+    # It ran to the cap with its best epoch among the last few (the patience, else a tenth of
+    # the epochs): still improving, so the budget, not the architecture, set its score.
+    budget_limited: bool = False
     test_loss: float = math.nan
     test_metric: float = math.nan
+    test_per_example: list[float] = field(default_factory=list)  # the test metric of each test example
     steps: int = 0  # optimiser steps taken
     samples_trained: int = 0
     train_time_s: float = 0.0  # time in training steps only (no evaluation)
@@ -43,6 +49,9 @@ class TrialResult:
             f"test_{m}": self.test_metric,
             f"best_val_{m}": self.best_val,
             "best_epoch": float(self.best_epoch),
+            "epochs_run": float(self.epochs_run),
+            "stopped_early": float(self.stopped_early),
+            "budget_limited": float(self.budget_limited),
             # the last epoch's rate, past the first epoch's warm-up (MLflow's latest value too)
             "train_samples_per_s": self.history[-1]["train_samples_per_s"] if self.history else math.nan,
             "total_time_s": self.total_time_s,

@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Not MLflow's schema-migration chatter: the variable rules when mlflow is imported later,
     # the level when it already was.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report reads each final run's file
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
     if args.command in ("run", "sweep"):
         from harness.train import flush_denormals

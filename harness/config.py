@@ -63,6 +63,8 @@ class TrainSettings(_Section):
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     clip_norm: float | None = Field(default=None, gt=0)
+    # Stop after this many epochs without a better validation metric; `epochs` is the cap.
+    patience: int | None = Field(default=None, gt=0)
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = Field(default=1024, gt=0)
@@ -79,6 +81,7 @@ class TrackingSettings(_Section):
     settings_file: bool = True  # the resolved experiment as settings.json
     learning_curve: bool = True  # learning_curve.png
     grad_profile: bool = True  # ‖∂L/∂h_t‖ over steps as grad_profile.csv and .png
+    test_per_example: bool = True  # each test example's metric as test_per_example.npy (the report's bootstrap)
     system_metrics: bool = True  # MLflow's own system/* metrics (CPU, memory, disk, network, GPU)
     system_metrics_interval: float = Field(default=10.0, gt=0)  # seconds between samples
 
@@ -114,7 +117,7 @@ class ParamSpec(_Section):
 
 
 class SweepSettings(_Section):
-    """`[sweep]`: the Optuna study. Without `n_trials` or `timeout` it runs 10 trials."""
+    """`[sweep]`: the Optuna study. Without `n_trials` or `timeout` it runs 10 trials (a grid: all its points)."""
 
     n_trials: int | None = Field(default=None, gt=0)  # finished trials the study should hold
     timeout: float | None = Field(default=None, gt=0)  # seconds after which no trial starts
@@ -128,14 +131,19 @@ class SweepSettings(_Section):
     storage: str | None = None
     devices: list[str] = []  # cpu, mps, cuda, cuda:N; empty: train.device, or every visible GPU
     jobs: int = Field(default=1, gt=0)  # worker processes per device
-    repeat: int = Field(default=0, ge=0)  # re-train each architecture's best trial with this many fresh seeds
+    # Train each configuration with this many seeds (train.seed, +1, …); the objective is their mean.
+    seeds: int = Field(default=1, gt=0)
+    # Re-train each architecture's best configuration with this many fresh seeds, the same for every
+    # architecture (paired): the final runs the report's comparison rests on. 0: none.
+    repeat: int = Field(default=5, ge=0)
     space: dict[str, ParamSpec] = {}
     space_by_arch: dict[str, dict[str, ParamSpec]] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _default_budget(cls, v: Any) -> Any:
-        if isinstance(v, dict) and v.get("n_trials") is None and v.get("timeout") is None:
+        # A grid's own size is its budget.
+        if isinstance(v, dict) and v.get("n_trials") is None and v.get("timeout") is None and v.get("sampler") != "grid":
             v = {**v, "n_trials": 10}
         return v
 

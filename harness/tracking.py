@@ -16,7 +16,8 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
   `split_hash.<split>`;
 - metrics: per epoch (step = epoch), gradient statistics (step = optimiser step), final ones
   (step 0), and MLflow's own `system/*` metrics;
-- artifacts: settings.json, learning_curve.png, grad_profile.csv/.png, checkpoint.pt.
+- artifacts: settings.json, learning_curve.png, grad_profile.csv/.png, checkpoint.pt,
+  test_per_example.npy (each test example's metric, float32, in test-split order).
 
 Metrics are buffered and written in one batch at most every `FLUSH_S` seconds and when the run
 ends, never per optimiser step.
@@ -36,6 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -88,10 +90,14 @@ def start_run(
     if parent:
         all_tags[PARENT_TAG] = parent
     run = client.create_run(exp_id, run_name=name, tags={k: _str(v) for k, v in all_tags.items()})
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     items = list(params.items())
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=[Param(k, _str(v)) for k, v in items[i : i + 100]])
-    return run.info.run_id
+        client.log_batch(run_id, params=[Param(k, _str(v)) for k, v in items[i : i + 100]])
 
 
 def _write(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
@@ -244,7 +250,7 @@ def learning_curve(history: list[dict[str, float]], metric: str, best_epoch: int
 
 def write_artifacts(
     client: MlflowClient, run_id: str, exp: Experiment, *, metric: str, history: list[dict[str, float]],
-    best_epoch: int, stats: GradStats | None, model: torch.nn.Module | None,
+    best_epoch: int, stats: GradStats | None, model: torch.nn.Module | None, test_per_example: list[float] = (),
 ) -> None:
     """The run's files, each as its `[tracking]` setting asks; `model` None: no checkpoint."""
     cfg = exp.tracking
@@ -259,6 +265,8 @@ def write_artifacts(
         if cfg.checkpoint and model is not None:
             # load with torch.load(path, weights_only=True): plain tensors only, no pickled code
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "checkpoint.pt")
+        if cfg.test_per_example and len(test_per_example):
+            np.save(folder / "test_per_example.npy", np.asarray(test_per_example, dtype=np.float32))
         if any(folder.iterdir()):
             client.log_artifacts(run_id, tmp)
 
@@ -283,14 +291,24 @@ class MlflowRun(Callback):
         self.client, self.exp_id, self.exp = client, exp_id, exp
         self.name, self.tags, self.parent = name, tags, parent
         self.run_id: str | None = None
+        self.start: FitStart | None = None
+        self.monitor = None
+
+    def open(self) -> str:
+        """Create the run now (RUNNING, its tags only), before training: e.g. to claim work that
+        other processes then see as taken. Training opens it anyway."""
+        if self.run_id is None:
+            self.run_id = start_run(self.client, self.exp_id, self.name, tags=self.tags, params={}, parent=self.parent)
+        return self.run_id
 
     def on_fit_start(self, start: FitStart) -> None:
         self.start = start
+        self.open()
         params = run_params(self.exp, start)
         if "harness.trial" in self.tags:
             params["trial_number"] = self.tags["harness.trial"]
-        tags = {**self.tags, **run_tags(start.task, start.device)}
-        self.run_id = start_run(self.client, self.exp_id, self.name, tags=tags, params=params, parent=self.parent)
+        log_params(self.client, self.run_id, params)
+        set_tags(self.client, self.run_id, run_tags(start.task, start.device))
         self.buffer = MetricBuffer(self.client, self.run_id)
         self.monitor = start_system_metrics(self.client, self.run_id, self.exp.tracking)
 
@@ -314,17 +332,61 @@ class MlflowRun(Callback):
         if self.run_id is None:  # failed before the run existed
             return
         try:  # keep what the run logged up to here, all artifacts but the checkpoint
-            self._write(result, None)
+            if self.start is not None:
+                self._write(result, None)
         finally:
             self._end(*failure_tags(error))
 
     def _write(self, result: TrialResult, model: torch.nn.Module | None) -> None:
         self.buffer.flush(force=True)
         write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
-                        best_epoch=result.best_epoch if model is not None else 0, stats=self.start.grad_stats, model=model)
+                        best_epoch=result.best_epoch if model is not None else 0, stats=self.start.grad_stats, model=model,
+                        test_per_example=result.test_per_example if model is not None else ())
 
     def _end(self, tags: dict[str, Any], status: str) -> None:
         if self.monitor is not None:
             self.monitor.finish()
+        set_tags(self.client, self.run_id, tags)
+        self.client.set_terminated(self.run_id, status)
+
+
+class SeedGroupRun:
+    """One configuration trained with several seeds, as one MLflow run (the sweep's trial) whose
+    nested runs are the seeds (`harness.role=seed`). It holds the configuration's params and, once
+    the seeds are done, the seeds' mean of every final metric (`<key>_std`: their spread) and of
+    each epoch's metrics, so it reads like a single run; a seed's failure fails it."""
+
+    def __init__(self, client: MlflowClient, exp_id: str, exp: Experiment, *, name: str, tags: dict[str, Any],
+                 parent: str | None = None):
+        self.client, self.exp_id, self.name, self.tags = client, exp_id, name, tags
+        params = {k: v for k, v in exp.flat().items() if k.split(".")[0] in ("task", "model", "train", "tracking")}
+        if "harness.trial" in tags:
+            params["trial_number"] = tags["harness.trial"]
+        self.run_id = start_run(client, exp_id, name, tags={**tags, "harness.seeds": exp.sweep.seeds}, params=params,
+                                parent=parent)
+        self.params = {k: _str(v) for k, v in params.items()}
+
+    def seed_run(self, exp: Experiment, index: int) -> MlflowRun:
+        tags = {**self.tags, "harness.role": "seed", "harness.seed_index": index}
+        return MlflowRun(self.client, self.exp_id, exp, name=f"{self.name}-s{exp.train.seed}", tags=tags, parent=self.run_id)
+
+    def finish(self, results: list[TrialResult], first_seed_run: str) -> None:
+        seed_params = self.client.get_run(first_seed_run).data.params
+        extra = {k: v for k, v in seed_params.items() if k not in self.params}  # sizes, families, the task's defaults
+        finals = [r.final_metrics() for r in results]
+        metrics = []
+        for key in finals[0]:
+            values = np.array([f[key] for f in finals], dtype=float)
+            metrics += [Metric(key, float(values.mean()), 0, 0), Metric(f"{key}_std", float(values.std(ddof=1)), 0, 0)]
+        for epoch in range(1, max(len(r.history) for r in results) + 1):
+            rows = [r.history[epoch - 1] for r in results if len(r.history) >= epoch]
+            metrics += [Metric(k, float(np.mean([row[k] for row in rows])), 0, epoch) for k in rows[0]]
+        log_params(self.client, self.run_id, extra)
+        _write(self.client, self.run_id, metrics)
+        set_tags(self.client, self.run_id, {"harness.state": "complete"})
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self, error: BaseException) -> None:
+        tags, status = failure_tags(error)
         set_tags(self.client, self.run_id, tags)
         self.client.set_terminated(self.run_id, status)

@@ -1,7 +1,8 @@
 """The one training loop, shared by every task and architecture.
 
-`fit` trains a model on a task's tensors, evaluates validation every epoch, restores the
-epoch the validation metric chose, measures the test split once at the end, then the model's
+`fit` trains a model on a task's tensors, evaluates validation every epoch, stops early after
+`train.patience` epochs without improvement (`train.epochs` is the cap), restores the epoch the
+validation metric chose, measures the test split once at the end, then the model's
 inference latency and the run's memory and FLOP rate (`harness.speed`). It imports neither
 Optuna nor MLflow: whoever watches a run passes `Callback`s (harness.callbacks), which may raise
 `Pruned` to stop it, and optionally a `GradStats` (harness.gradients) that records gradient
@@ -26,7 +27,7 @@ from harness.errors import Diverged
 from harness.gradients import FiniteCheck, GradStats, clip_, grad_norm
 from harness.tasks import Task
 
-__all__ = ["Diverged", "TrialResult", "evaluate", "fit", "flush_denormals", "make_optimizer"]
+__all__ = ["Diverged", "TrialResult", "evaluate", "fit", "flush_denormals", "make_optimizer", "per_example"]
 
 
 def flush_denormals() -> None:
@@ -59,6 +60,19 @@ def evaluate(model: nn.Module, task: Task, which: str, device: torch.device, bat
         loss += task.loss_fn(out, yb).item() * n
         metric += task.metric_fn(out, yb).item() * n
     return loss / len(x), metric / len(x)
+
+
+@torch.no_grad()
+def per_example(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int) -> list[float]:
+    """The metric of each example of a split on its own: what a bootstrap over test examples
+    resamples (every built-in task weighs its examples equally, so their mean is the metric)."""
+    model.eval()
+    x, y = task.split(which)
+    values = []
+    for i in range(0, len(x), batch_size):
+        out, yb = model(x[i : i + batch_size].to(device)), y[i : i + batch_size].to(device)
+        values += [task.metric_fn(out[j : j + 1], yb[j : j + 1]) for j in range(len(yb))]
+    return torch.stack(values).float().cpu().tolist()
 
 
 def fit(
@@ -120,6 +134,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     gen = torch.Generator().manual_seed(cfg.seed)
     best_state = None
     n, m, step = len(x_train), task.metric, 0
+    # Epochs at the end that count as "still improving" when the cap stops a run.
+    window = cfg.patience or max(1, cfg.epochs // 10)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -167,10 +183,16 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
         if best_state is None or better:
             result.best_val, result.best_epoch = val_metric, epoch
             best_state = copy.deepcopy(model.state_dict())
+        result.epochs_run = epoch
         _grad_records(grad_stats, callbacks)
         for cb in callbacks:
             cb.on_epoch_end(epoch, record)
+        if cfg.patience is not None and epoch - result.best_epoch >= cfg.patience:
+            result.stopped_early = True
+            break
+    result.budget_limited = not result.stopped_early and result.best_epoch > result.epochs_run - window
     model.load_state_dict(best_state)
     result.test_loss, result.test_metric = evaluate(model, task, "test", device, cfg.eval_batch_size)
+    result.test_per_example = per_example(model, task, "test", device, cfg.eval_batch_size)
     result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device)
     result.speed["peak_memory_mb"] = speed.peak_memory_mb(device)

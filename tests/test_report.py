@@ -18,52 +18,95 @@ from harness.tasks.metrics import register_metric
 FAMILY = {"lstm": "LSTM", "rnn": "RNN", "bigru": "BRNN"}  # what the registry logs for these runs
 
 
-def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None, test=None, speed=None, **extra_tags):
+def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None, test=None, speed=None, seed=0,
+         number=None, limited=None, **extra_tags):
     run = client.create_run(exp_id, run_name=name)
     rid = run.info.run_id
     tags = {"harness.role": role, "harness.study": "s", "harness.state": state, **extra_tags}
     params = {"model.arch": arch, "n_params": 100, "task.name": "digits", "task_io": "many-to-one", "task_metric": "accuracy",
-              "task_metric_direction": "maximize", "arch_family": FAMILY[arch]}
-    metrics = {k: v for k, v in {"best_val_accuracy": val, "test_accuracy": test, "train_samples_per_s": speed}.items() if v is not None}
+              "task_metric_direction": "maximize", "arch_family": FAMILY[arch], "train.seed": seed}
+    if number is not None:
+        params["trial_number"] = number
+    metrics = {k: v for k, v in {"best_val_accuracy": val, "test_accuracy": test, "train_samples_per_s": speed,
+                                 "budget_limited": limited}.items() if v is not None}
     client.log_batch(rid, metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()],
-                     params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, v) for k, v in tags.items()])
+                     params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
     if val is not None:
         client.log_batch(rid, metrics=[Metric("val_accuracy", val - 0.1, 0, 1), Metric("val_accuracy", val, 0, 2)])
     client.set_terminated(rid, {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[state])
+
+
+FINALS = {"bigru": [0.93, 0.96, 0.97], "lstm": [0.90, 0.92, 0.94], "rnn": [0.50, 0.55, 0.52]}  # seeds 1000, 1001, 1002
 
 
 @pytest.fixture
 def study(workdir):
     client = MlflowClient()
     exp_id = client.create_experiment("s")
-    _run(client, exp_id, "lstm-#0", arch="lstm", val=0.90, test=0.88, speed=1000.0)
-    _run(client, exp_id, "lstm-#1", arch="lstm", val=0.95, test=0.91, speed=900.0)
-    _run(client, exp_id, "lstm-#2", arch="lstm", state="pruned")
-    _run(client, exp_id, "rnn-#3", arch="rnn", val=0.50, test=0.52, speed=3000.0)
-    _run(client, exp_id, "rnn-#4", arch="rnn", state="failed", **{"harness.failure": "diverged"})
-    _run(client, exp_id, "bigru-#5", arch="bigru", val=0.97, test=0.93, speed=400.0)
-    for i, (v, t) in enumerate([(0.94, 0.90), (0.96, 0.92), (0.95, 0.94)]):  # finals never count as search trials
-        _run(client, exp_id, f"lstm-final-{i}", arch="lstm", role="final", val=v, test=t, speed=1.0)
+    client.create_run(exp_id, run_name="s", tags={"harness.role": "study", "harness.study": "s",
+                                                  "harness.edges": "rnn: best train.lr = 0.01 is the highest of [0.001, 0.01]"})
+    _run(client, exp_id, "lstm-#0", arch="lstm", val=0.90, test=0.88, speed=1000.0, number=0)
+    _run(client, exp_id, "lstm-#1", arch="lstm", val=0.95, test=0.91, speed=900.0, number=1)
+    _run(client, exp_id, "lstm-#2", arch="lstm", state="pruned", number=2)
+    _run(client, exp_id, "rnn-#3", arch="rnn", val=0.50, test=0.52, speed=3000.0, number=3)
+    _run(client, exp_id, "rnn-#4", arch="rnn", state="failed", number=4, **{"harness.failure": "diverged"})
+    _run(client, exp_id, "bigru-#5", arch="bigru", val=0.97, test=0.93, speed=400.0, number=5)
+    source = {"lstm": 1, "rnn": 3, "bigru": 5}
+    for arch, values in FINALS.items():  # finals never count as search trials
+        for i, v in enumerate(values):
+            _run(client, exp_id, f"{arch}-final-{i}", arch=arch, role="final", val=v + 0.01, test=v, speed=1.0, seed=1000 + i,
+                 limited=float(arch == "rnn"), **{"harness.config": f"c-{arch}", "harness.source_trial": source[arch]})
+    # The same (configuration, seed) trained again by a second command, and an earlier best configuration's
+    # run: neither may count.
+    _run(client, exp_id, "lstm-final-dup", arch="lstm", role="final", val=0.2, test=0.10, seed=1000,
+         **{"harness.config": "c-lstm", "harness.source_trial": 1})
+    _run(client, exp_id, "lstm-final-old", arch="lstm", role="final", val=0.2, test=0.10, seed=1003,
+         **{"harness.config": "c-old", "harness.source_trial": 0})
     return workdir
 
 
-def test_report_ranks_architectures_by_their_best_search_trial(study):
+def table(text: str, section: str) -> list[list[str]]:
+    part = text.split(f"## {section}")[1].split("\n## ")[0]
+    rows = [line.split("|") for line in part.splitlines() if line.startswith("| ") and "architecture" not in line]
+    return [[c.strip() for c in r[1:-1]] for r in rows]
+
+
+def test_search_ranks_architectures_by_their_best_trial_as_a_selection_score(study):
     text = write_report("s").read_text()
-    rows = [line.split("|") for line in text.split("## Final runs")[0].splitlines() if line.startswith("| ") and "family" not in line]
-    cells = [[c.strip() for c in r[1:-1]] for r in rows]
+    cells = table(text, "Search")
     assert [c[0] for c in cells] == ["bigru", "lstm", "rnn"]  # by best val accuracy, descending
     lstm = cells[1]
     assert lstm[1:5] == ["LSTM", "3", "1", "0"]  # family, trials, pruned, failed
-    assert (lstm[5], lstm[6], lstm[-1]) == ("0.95", "0.91", "lstm-#1")  # best trial and its test
+    assert (lstm[5], lstm[-1]) == ("0.95", "lstm-#1")  # best trial's selection score
     assert cells[0][1] == "BRNN" and cells[2][4] == "1"
+    assert "selection score (val accuracy)" in text
 
 
-def test_final_runs_give_mean_and_t_confidence_interval(study):
+def test_comparison_is_paired_holm_corrected_and_counts_each_seed_once(study):
+    from scipy import stats
+
     text = write_report("s").read_text()
-    final = next(line for line in text.split("## Final runs")[1].splitlines() if line.startswith("| lstm"))
-    cells = [c.strip() for c in final.split("|")[1:-1]]
-    # test accuracy 0.90, 0.92, 0.94: mean 0.92, sd 0.02, t(0.975, 2) = 4.303 → ±0.0497
-    assert cells[2] == "3" and float(cells[5]) == pytest.approx(0.92) and float(cells[6]) == pytest.approx(0.0497, abs=1e-4)
+    header = next(line for line in text.split("## Comparison")[1].splitlines() if line.startswith("| architecture"))
+    names = [c.strip() for c in header.split("|")[1:-1]]
+    rows = {c[0]: dict(zip(names, c, strict=True)) for c in table(text, "Comparison")}
+    assert list(rows) == ["bigru", "lstm", "rnn"]  # by the final runs' mean test accuracy
+    assert float(rows["lstm"]["test accuracy"]) == pytest.approx(0.92)  # the duplicate and the old configuration are out
+    assert rows["lstm"]["seeds"] == "3" and rows["bigru"]["verdict"] == "best"
+    # Paired t over seeds 1000-1002 against bigru, then Holm by hand: the smaller p doubled, the larger kept
+    # (never below the first).
+    p = {a: stats.ttest_rel(FINALS["bigru"], FINALS[a]).pvalue for a in ("lstm", "rnn")}
+    low, high = sorted(p, key=p.get)
+    adjusted = {low: min(1, 2 * p[low]), high: max(min(1, 2 * p[low]), p[high])}
+    for arch in ("lstm", "rnn"):
+        verdict = rows[arch]["verdict"]
+        assert f"p = {adjusted[arch]:.2g}, paired t, Holm" in verdict
+        assert verdict.startswith("worse" if adjusted[arch] < 0.05 else "tied with best")
+    assert float(rows["rnn"]["P(best beats it)"]) == 1.0 and float(rows["lstm"]["P(best beats it)"]) == pytest.approx(
+        stats.mannwhitneyu(FINALS["bigru"], FINALS["lstm"]).statistic / 9, abs=1e-4)
+    low, high = (float(x) for x in rows["lstm"]["95% interval"].split("–"))
+    assert low < 0.92 < high
+    assert rows["rnn"]["budget-limited"] == "yes (3/3)" and rows["lstm"]["budget-limited"] == "no (0/3)"
+    assert "On the edge of the search space**: rnn: best train.lr = 0.01" in text
 
 
 def test_unfinished_trials_are_explained(study):
@@ -120,18 +163,19 @@ def test_a_lower_is_better_metric_is_ranked_ascending(workdir, lower_is_better_t
     (workdir / "exp.toml").write_text(
         'name = "low"\n[task]\nname = "noisy-sum"\n[train]\nepochs = 2\nlr = 0.01\n'
         '[tracking]\nsystem_metrics = false\ncheckpoint = false\n'
-        '[sweep]\nsampler = "grid"\npruner = "none"\n[sweep.space]\n"model.arch" = ["rnn", "gru", "mlp"]\n'
+        '[sweep]\nsampler = "grid"\npruner = "none"\nrepeat = 3\n[sweep.space]\n"model.arch" = ["rnn", "gru", "mlp"]\n'
         '"model.hidden_size" = [8]\n')
     assert main(["sweep", str(workdir / "exp.toml"), "--out", str(workdir / "out")]) == 0
     text = (workdir / "out" / "low.md").read_text()
     assert "metric `abs_error` (lower is better)" in text
-    header = next(line for line in text.splitlines() if line.startswith("| architecture"))
-    column = [c.strip() for c in header.split("|")].index("best val abs_error")
-    rows = [line.split("|") for line in text.split("## Architectures")[1].split("##")[0].splitlines()
-            if line.startswith("| ") and not line.startswith("| architecture")]
-    values = [float(r[column]) for r in rows]
-    assert len(values) == 3 and values == sorted(values) and values[0] < values[-1]
-    assert {r[2].strip() for r in rows} == {"RNN", "GRU", "MLP"}  # families as the registry logged them
+    for section, column in (("Comparison", "test abs_error"), ("Search", "selection score (val abs_error)")):
+        header = next(line for line in text.split(f"## {section}")[1].splitlines() if line.startswith("| architecture"))
+        index = [c.strip() for c in header.split("|")[1:-1]].index(column)
+        rows = table(text, section)
+        values = [float(r[index]) for r in rows]
+        assert len(values) == 3 and values == sorted(values) and values[0] < values[-1], section
+        assert {r[1] for r in rows} == {"RNN", "GRU", "MLP"}  # families as the registry logged them
+    assert table(text, "Comparison")[0][5] == "best"
 
 
 def test_unknown_study_and_missing_store(workdir):

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from harness.archs import count_params, create_model
 from harness.cli import _parser, _sweep_experiment
-from harness.config import load_experiment
+from harness.config import Experiment, load_experiment
 from harness.errors import HarnessError
 from harness.sweep import run, workers
 from harness.sweep.objective import objectives
@@ -58,6 +58,7 @@ n_trials = 3
 sampler = "random"
 pruner = "none"
 seed = 0
+repeat = 0
 
 [sweep.space]
 "model.arch" = ["rnn", "gru"]
@@ -104,7 +105,7 @@ def test_cli_flags_override_the_file_and_unset_flags_override_nothing(exp_file):
     args = _parser().parse_args(["sweep", str(exp_file)])
     exp = _sweep_experiment(args)
     assert (exp.name, exp.sweep.n_trials, exp.sweep.sampler, exp.sweep.pruner, exp.sweep.jobs) == ("tiny", 3, "random", "none", 1)
-    assert exp.sweep.storage is None and exp.sweep.devices == [] and exp.sweep.repeat == 0
+    assert exp.sweep.storage is None and exp.sweep.devices == [] and exp.sweep.repeat == 0 and Experiment().sweep.repeat == 5
 
     args = _parser().parse_args([
         "sweep", str(exp_file), "--n-trials", "7", "--timeout", "30", "--study", "other", "--storage", "journal:s.log",
@@ -275,7 +276,7 @@ def test_conditional_params_repeats_and_resume(exp_file, workdir):
         assert float(params["train.lr"]) == pytest.approx(source.params["train.lr"])
     for a in archs:
         seeds = sorted(int(r.data.params["train.seed"]) for r in finals if r.data.params["model.arch"] == a)
-        assert seeds == [1, 2]  # fresh: the search trained with seed 0
+        assert seeds == [1000, 1001]  # fresh: the search trained with seed 0; the same for every architecture
     assert any(line.startswith("final runs") for line in outcome.lines())
 
     # The same command again: the study is full, the repeats exist: nothing new, same parent.

@@ -350,15 +350,17 @@ def elman(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidde
 
 
 def lstm_net(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
-             num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, forget_bias: float | None = None,
+             num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, forget_bias: float = 1.0,
              init: str = "torch") -> RecurrentNet:
-    """LSTM; `forget_bias` sets the forget gate's bias (None keeps the init's own)."""
-    ok = forget_bias is None or (isinstance(forget_bias, (int, float)) and not isinstance(forget_bias, bool))
+    """LSTM; `forget_bias` sets every layer's forget-gate bias. Default 1, the field's setting
+    (Gers et al. 2000; Jozefowicz et al. 2015; Keras's `unit_forget_bias=True`): PyTorch draws it
+    around 0, which on MNIST-1D alone moved LSTM from 0.77 to 0.96 test accuracy. 0 gives
+    PyTorch's mean."""
+    ok = isinstance(forget_bias, (int, float)) and not isinstance(forget_bias, bool)
     check(ok, "forget_bias", f"must be a number (1.0 per Jozefowicz et al. 2015), got {forget_bias!r}")
     net = _build(nn.LSTM, {}, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional, init=init)
-    if forget_bias is not None:
-        set_forget_bias(net.rnn, float(forget_bias))
+    set_forget_bias(net.rnn, float(forget_bias))
     return net
 
 
@@ -414,14 +416,14 @@ def brnn(**kw):
 @register_model(family="LSTM")
 @variant_of(lstm_net)
 def lstm(**kw):
-    """LSTM (Hochreiter & Schmidhuber 1997); 1 layer × 128; forget_bias option (1.0: Jozefowicz 2015)."""
+    """LSTM (Hochreiter & Schmidhuber 1997); 1 layer × 128; forget-gate bias 1 (Jozefowicz 2015)."""
     return lstm_net(**{"hidden_size": 128, **kw})
 
 
 @register_model(family="LSTM", bidirectional=True)
 @variant_of(lstm_net)
 def bilstm(**kw):
-    """BRNN: bidirectional LSTM; 1 layer × 2×128; forget_bias option."""
+    """BRNN: bidirectional LSTM; 1 layer × 2×128; forget-gate bias 1."""
     return lstm_net(**{"hidden_size": 128, "bidirectional": True, **kw})
 
 

@@ -16,26 +16,40 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.plots import plots
-from harness.report.runs import metric_name, num, open_store, state, study_runs, trial_runs
-from harness.report.tables import failures_table, finals_table, summary_table
+from harness.report.runs import (
+    metric_name,
+    num,
+    open_store,
+    per_example,
+    select_finals,
+    state,
+    study_runs,
+    study_tags,
+    trial_runs,
+)
+from harness.report.tables import best_trials, comparison_table, failures_table, search_table
 
 __all__ = ["write_report"]
 
 
 def _md(table: pd.DataFrame) -> str:
-    return table.to_markdown(floatfmt=".4g", missingval="—")
+    # tabulate fills in None, not NaN
+    return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".4g", missingval="—")
 
 
 def write_report(study: str, out_dir: str | Path = "reports") -> Path:
     """Write `<out_dir>/<study>.md` and its PNG plots; returns the markdown's path."""
     client = open_store()
     runs = trial_runs(study, client)
-    finals = study_runs(study, client, role="final")
     metric, maximize = metric_name(runs)
-    table = summary_table(runs)
+    search = search_table(runs)
+    chosen = {arch: int(n) for arch, n in num(best_trials(runs), "params.trial_number").dropna().items()}
+    finals = select_finals(study_runs(study, client, role="final"), chosen)
+    compared = comparison_table(finals, lambda run_ids: per_example(client, run_ids))
+    tags = study_tags(study, client)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    made = plots(study, runs, table, out, client)
+    made = plots(study, runs, search, out, client)
 
     first = runs.iloc[0]
     task, io = first.get("params.task.name", "?"), first.get("params.task_io", "?")
@@ -49,30 +63,38 @@ def write_report(study: str, out_dir: str | Path = "reports") -> Path:
     ]
     if not baseline.empty:
         lines.append(f"The task's baseline (loss of the best predictor that ignores its input): {baseline.iloc[0]:.4g}.")
+    if not compared.empty:
+        lines += [
+            "",
+            "## Comparison",
+            "",
+            f"Each architecture's best configuration trained again with the same fresh seeds (final runs): "
+            f"the test {metric} is their mean, measured once per run and never used to choose anything. "
+            "The 95% interval is a percentile bootstrap over seeds and test examples. Each architecture is "
+            "tested against the best over the seeds both ran (paired t-test, Wilcoxon signed-rank from 6 seeds), "
+            "Holm-corrected across architectures; `P(best beats it)` is the probability that a run of the best "
+            "scores better than a run of this one (Agarwal et al. 2021). `budget-limited`: the runs ran to the "
+            "epoch cap still improving, so the budget, not the architecture, set their score.",
+            "",
+            _md(compared),
+            "",
+        ]
+    if tags.get("harness.edges"):
+        lines += [f"**On the edge of the search space**: {tags['harness.edges']}. The optimum may lie beyond it: "
+                  "widen the range before trusting this ranking.", ""]
     lines += [
+        "## Search",
         "",
-        "## Architectures",
-        "",
-        "Each architecture's best search trial by validation metric. The test metric is that "
-        "trial's, measured once after training and never used for selection. Speeds are that "
-        "trial's: training samples/s of its last epoch, one-batch inference latency, and the share "
-        "of the device's measured fp32 matmul peak its training reached. `grad vanish ratio` is "
+        "Each architecture's best search trial by validation metric: its selection score is the maximum over "
+        "epochs and trials on one validation set, optimistic by construction (not comparable with the test "
+        "metric). Speeds are that trial's: training samples/s of its last epoch, one-batch inference latency, "
+        "and the share of the device's measured fp32 matmul peak its training reached. `grad vanish ratio` is "
         "‖∂L/∂h_1‖ ÷ ‖∂L/∂h_T‖ of the top recurrent layer at its last gradient record: far below 1, "
         "the gradient vanishes through time; far above, it explodes.",
         "",
-        _md(table),
+        _md(search),
         "",
     ]
-    if not finals.empty:
-        lines += [
-            "## Final runs",
-            "",
-            "Each architecture's best configuration re-trained with fresh seeds: mean and 95% "
-            "confidence half-width (Student's t) over the seeds.",
-            "",
-            _md(finals_table(finals)),
-            "",
-        ]
     fails = failures_table(runs)
     if not fails.empty:
         lines += ["## Trials that did not finish", "", _md(fails), ""]

@@ -5,8 +5,10 @@ never from names written into the report's code."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
@@ -33,7 +35,7 @@ def study_runs(study: str, client: MlflowClient, role: str = "trial") -> pd.Data
         lambda n, token: client.search_runs([exp.experiment_id], filt, max_results=n, page_token=token), 1000)
     rows = []
     for r in found:
-        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status}
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status, "start_time": r.info.start_time}
         row |= {f"params.{k}": v for k, v in r.data.params.items()}
         row |= {f"metrics.{k}": v for k, v in r.data.metrics.items()}
         row |= {f"tags.{k}": v for k, v in r.data.tags.items()}
@@ -76,3 +78,48 @@ def metric_name(runs: pd.DataFrame) -> tuple[str, bool]:
 def state(runs: pd.DataFrame) -> pd.Series:
     """complete | pruned | failed, from `harness.state` (else the run's status)."""
     return col(runs, "tags.harness.state").fillna(runs["status"].str.lower())
+
+
+def study_tags(study: str, client: MlflowClient) -> dict[str, str]:
+    """The tags of the study's own (parent) run, e.g. `harness.edges`."""
+    runs = study_runs(study, client, role="study")
+    if runs.empty:
+        return {}
+    row = runs.iloc[0]
+    return {k.removeprefix("tags."): v for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
+
+
+def select_finals(finals: pd.DataFrame, best_trials: dict[str, int]) -> pd.DataFrame:
+    """The final runs the comparison uses: finished, one per (configuration, seed) (the first, if
+    two commands both trained it), and per architecture only its best configuration's (the one
+    `best_trials` names; else, after a resume moved the best, the configuration with most seeds)."""
+    if finals.empty:
+        return finals
+    done = finals[finals["status"] == "FINISHED"].sort_values("start_time", kind="stable")
+    done = done.assign(config=col(done, "tags.harness.config").fillna(done["run_id"]),
+                       seed=num(done, "params.train.seed"), source=num(done, "tags.harness.source_trial"))
+    done = done.drop_duplicates(["config", "seed"], keep="first")
+    keep = []
+    for arch, group in done.groupby("params.model.arch", sort=False):
+        best = group[group["source"] == best_trials.get(arch)]
+        if best.empty:
+            sizes = group.groupby("config").size()
+            best = group[group["config"] == sizes.idxmax()]
+        keep.append(best)
+    return pd.concat(keep) if keep else done.iloc[:0]
+
+
+def per_example(client: MlflowClient, run_ids: list[str]) -> np.ndarray | None:
+    """Each run's test metric per example (`test_per_example.npy`), stacked seeds × examples, or
+    None when a run did not keep them."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            try:
+                path = client.download_artifacts(run_id, "test_per_example.npy", tmp)
+            except Exception:  # not logged (tracking.test_per_example = false, or an older run)
+                return None
+            rows.append(np.load(path))
+    if len({len(r) for r in rows}) != 1:
+        return None
+    return np.stack(rows)

@@ -20,6 +20,9 @@ Promises:
 - the study ends holding exactly `n_trials` ended trials (complete, pruned, or failed by their
   own error, see `ended`) however many workers race for the last ones: a trial started beyond
   that count fails at once, before sampling, marked with the user attribute `harness_surplus`;
+- a grid study runs each point of its grid exactly once, whatever the workers, concurrent
+  commands or resumes (`grid`); `seeds = k` trains each configuration with k seeds, the
+  objective being their mean;
 - a trial whose worker died is failed and queued again with the same parameters — at once when
   the worker ran on this machine (its process is gone), after the heartbeat grace period
   otherwise (RDB storages) — and its MLflow run is closed FAILED (`harness.failure=worker_lost`);
@@ -44,17 +47,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
-from harness.sweep import workers
-from harness.sweep.finals import FinalRun, run_repeats
+from harness.sweep import grid, workers
+from harness.sweep.counting import SURPLUS
+from harness.sweep.finals import FinalRun, best_per_arch, run_repeats
 from harness.sweep.objective import Objective, Plan, objectives
 from harness.sweep.pareto import tag_pareto
 from harness.sweep.pool import quiet_optuna, run_pool, work
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
-from harness.sweep.space import check_models, grid_size, make_pruner, make_sampler
+from harness.sweep.space import check_models, edges, grid_size, make_pruner, make_sampler
 from harness.sweep.storage import machine_lock, make_storage, masked, resolve_storage
 from harness.tasks import load_task
-from harness.tracking import find_runs, get_client, study_run
+from harness.tracking import find_runs, get_client, set_tags, study_run
 
 __all__ = ["SweepOutcome", "run"]
 
@@ -81,11 +85,12 @@ class SweepOutcome:
     storage: str
     pareto: list[FrozenTrial]
     finals: list[FinalRun]
+    edges: list[str]
 
     def lines(self) -> list[str]:
         """What the command prints at the end: counts, best or Pareto front, final runs."""
         trials = self.study.get_trials(deepcopy=False)
-        count = {s: sum(t.state == s and not t.user_attrs.get("harness_surplus") for t in trials) for s in TrialState}
+        count = {s: sum(t.state == s and not t.user_attrs.get(SURPLUS) for t in trials) for s in TrialState}
         parts = [f"{count[s]} {s.name.lower()}" for s in TrialState if count[s]]
         out = [f"study {self.study.study_name!r} ({masked(self.storage)}): {', '.join(parts) or 'no trials'}"]
         objs = self.objectives
@@ -102,6 +107,9 @@ class SweepOutcome:
         elif len(objs) == 1 and count[TrialState.COMPLETE]:
             out.append(f"best {objs[0]}:")
             out.append(describe(self.study.best_trial))
+        if self.edges:
+            out.append("on the edge of the search space (the optimum may lie beyond; widen the range):")
+            out += [f"  {e}" for e in self.edges]
         if self.finals:
             out.append(f"final runs (best trial per architecture, fresh seeds; {objs[0].key} / test):")
             for arch in dict.fromkeys(f.arch for f in self.finals):
@@ -139,10 +147,13 @@ def run(
     with machine_lock(tracking_uri()):
         client = get_client()
         exp_id, parent = parent_run(client, exp, url)
-    status, pareto, finals = "FAILED", [], []
+    status, pareto, finals, edge = "FAILED", [], [], []
     try:
         fail_lost_trials(study)
         close_orphan_runs(client, exp_id, study)
+        if exp.sweep.sampler == "grid":
+            with machine_lock(url):  # commands starting together on this machine queue each point once
+                grid.enqueue_missing(study, exp)
         caps = [c for c in (exp.sweep.n_trials, grid_size(exp)) if c is not None]
         plan = Plan(
             exp=exp, objectives=objs, storage=url, exp_id=exp_id, parent_run=parent, n_trials=min(caps) if caps else None,
@@ -158,6 +169,8 @@ def run(
                 bar.update(study)
             if plan.multi:
                 pareto = tag_pareto(client, exp_id, study)
+            edge = edges(exp, best_per_arch(study, exp, objs[0]))
+            set_tags(client, parent, {"harness.edges": "; ".join(edge)})
             if exp.sweep.repeat:
                 finals = run_repeats(plan, study, exp.sweep.repeat, slots[0].run_device)
         status = "FINISHED"
@@ -168,4 +181,4 @@ def run(
         fail_lost_trials(study)
         close_orphan_runs(client, exp_id, study)
         client.set_terminated(parent, status)
-    return SweepOutcome(study, objs, url, pareto, finals)
+    return SweepOutcome(study, objs, url, pareto, finals, edge)

@@ -1,8 +1,17 @@
-"""Final runs: each architecture's best trial trained again with fresh seeds, as runs tagged
-`harness.role=final` under the study's run (what the report's confidence intervals come from)."""
+"""Final runs: each architecture's best configuration trained again with fresh seeds, as runs
+tagged `harness.role=final` under the study's run: the sample the report's comparison rests on.
+
+The seeds are `train.seed + 1000 + i` (i < `sweep.repeat`), the same for every architecture, so
+families can be compared seed by seed (paired), and never used in the search. A final run is
+tagged with its configuration (`harness.config`, a hash of the trial's parameters) and seed and
+claimed before it trains, so however many commands run the repeats, each (configuration, seed)
+is trained once; the report also keeps one run per (configuration, seed).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -10,21 +19,35 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.config import Experiment
+from harness.config import Experiment, tracking_uri
 from harness.runner import run_trial
 from harness.sweep import workers
 from harness.sweep.objective import Objective, Plan, objective_value
+from harness.sweep.recovery import close_run
+from harness.sweep.storage import machine_lock
 from harness.tracking import MlflowRun, find_runs, get_client, run_name
+
+SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds
 
 
 @dataclass
 class FinalRun:
     arch: str
+    config: str  # harness.config: the source configuration's hash
     source_trial: int
     seed: int
     value: float  # the first objective
     test_metric: float
     run_id: str
+
+
+def config_hash(params: dict) -> str:
+    """A short, stable name for a configuration: its trial's parameters, hashed."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def final_seeds(exp: Experiment, k: int) -> list[int]:
+    return [exp.train.seed + SEED_OFFSET + i for i in range(k)]
 
 
 def best_per_arch(study: optuna.Study, exp: Experiment, obj: Objective) -> dict[str, FrozenTrial]:
@@ -38,36 +61,50 @@ def best_per_arch(study: optuna.Study, exp: Experiment, obj: Objective) -> dict[
     return best
 
 
+def _taken(client, plan: Plan) -> dict[tuple[str, str], object]:
+    """(config, seed) → the final run that holds it: finished, or running in a live process."""
+    held = {}
+    for r in find_runs(client, plan.exp_id, role="final", study=plan.exp.name):
+        running = r.info.status == "RUNNING" and not workers.is_gone(r.data.tags.get("harness.worker", ""))
+        if r.info.status == "FINISHED" or running:
+            key = (r.data.tags.get("harness.config"), r.data.tags.get("harness.seed"))
+            if key not in held or r.info.status == "FINISHED":
+                held[key] = r
+    return held
+
+
 def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[FinalRun]:
-    """Re-train each architecture's best trial with seeds train.seed+1 … +k as final runs; those
-    already FINISHED (an earlier, interrupted call) are kept, not repeated."""
+    """Train each architecture's best configuration with the final seeds; a (configuration, seed)
+    another process finished or is running is not trained again (the finished ones are returned)."""
     exp, obj = plan.exp, plan.objectives[0]
     client = get_client()
     token = workers.worker_id()
-    runs = find_runs(client, plan.exp_id, role="final", study=exp.name)
-    done = {(r.data.tags.get("harness.source_trial"), r.data.params.get("train.seed")): r
-            for r in runs if r.info.status == "FINISHED"}
     out = []
     for arch, t in best_per_arch(study, exp, obj).items():
-        base = exp.with_values(t.params)
-        for i in range(1, k + 1):
-            seed = base.train.seed + i
-            run = done.get((str(t.number), str(seed)))
-            if run is not None:
-                m = run.data.metrics
-                out.append(FinalRun(arch, t.number, seed, m.get(f"best_{obj.key}", m.get(obj.key, math.nan)),
-                                    m.get(f"test_{plan.metric}", math.nan), run.info.run_id))
-                continue
-            fexp = base.with_values({"train.seed": seed, "train.device": device})
-            tags = {"harness.role": "final", "harness.stage": "final", "harness.study": exp.name, "harness.source_trial": t.number,
-                    "harness.repeat": i, "harness.worker": token}
+        base, config = exp.with_values(t.params), config_hash(t.params)
+        for i, seed in enumerate(final_seeds(exp, k)):
             if workers.stop_requested():
                 raise KeyboardInterrupt("stop requested")
+            fexp = base.with_values({"train.seed": seed, "train.device": device})
+            tags = {"harness.role": "final", "harness.stage": "final", "harness.study": exp.name, "harness.source_trial": t.number,
+                    "harness.config": config, "harness.seed": seed, "harness.repeat": i + 1, "harness.worker": token}
             tracked = MlflowRun(client, plan.exp_id, fexp, name=f"{run_name(fexp)}-final-s{seed}", tags=tags, parent=plan.parent_run)
+            with machine_lock(tracking_uri()):  # check and claim as one step for this machine's commands
+                held = _taken(client, plan).get((config, str(seed)))
+                if held is None:
+                    tracked.open()
+            if held is not None:
+                if held.info.status == "FINISHED":
+                    m = held.data.metrics
+                    out.append(FinalRun(arch, config, t.number, seed, m.get(f"best_{obj.key}", m.get(obj.key, math.nan)),
+                                        m.get(f"test_{plan.metric}", math.nan), held.info.run_id))
+                continue
             try:
                 result = run_trial(fexp, [tracked, workers.StopOnSignal()])
             except Exception as e:  # recorded FAILED in MLflow by its run; the other repeats go on
+                close_run(client, tracked.run_id, type(e).__name__, str(e))  # if it failed before training began
                 print(f"harness: final run of {arch} (trial #{t.number}) seed {seed} failed: {e}", file=sys.stderr)
                 continue
-            out.append(FinalRun(arch, t.number, seed, objective_value(result, obj.key), result.test_metric, tracked.run_id))
+            out.append(FinalRun(arch, config, t.number, seed, objective_value(result, obj.key), result.test_metric,
+                                tracked.run_id))
     return out

@@ -1,5 +1,5 @@
-"""What a trial optimises and how one trial runs: the objectives, the count of trials that
-ended, and `TrialObjective`, the callable Optuna calls once per trial.
+"""What a trial optimises and how one trial runs: the objectives, and `TrialObjective`, the
+callable Optuna calls once per trial.
 
 A trial samples its settings, trains through the runner with two callbacks (its MLflow run and
 `PruneOnSignal`, which reports each epoch to Optuna and prunes or stops), and returns its
@@ -13,27 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from harness.callbacks import FitStart, TrialResult
 from harness.config import Experiment
 from harness.errors import HarnessError, Pruned
 from harness.runner import run_trial
-from harness.sweep import recovery, workers
+from harness.sweep import grid, optuna_private, recovery, workers
+from harness.sweep.counting import SURPLUS, Surplus, is_surplus
 from harness.sweep.space import suggest
 from harness.tasks import Task
-from harness.tracking import MlflowRun, get_client, run_name, set_tags
-
-
-def ended(t: FrozenTrial) -> bool:
-    """Whether a trial counts toward `n_trials`: complete, pruned, or failed by its own error (a
-    diverging configuration is a result). A trial lost with its worker, stopped by Ctrl-C or
-    started beyond the count did not end: it is run again."""
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "error" in t.user_attrs)
-
-
-class Surplus(Exception):
-    """The study already holds, or is running, its `n_trials` trials."""
+from harness.tracking import MlflowRun, SeedGroupRun, get_client, run_name, set_tags
 
 
 @dataclass(frozen=True)
@@ -102,30 +91,37 @@ class Plan:
         return len(self.objectives) > 1
 
 
-def is_surplus(study: optuna.Study, trial: optuna.Trial, n: int) -> bool:
-    """Whether `n` trials numbered before this one have ended, run or wait in the queue."""
-    waiting = (TrialState.RUNNING, TrialState.WAITING)
-    return sum(t.number < trial.number and (ended(t) or t.state in waiting) for t in study.get_trials(deepcopy=False)) >= n
-
-
 class PruneOnSignal(workers.StopOnSignal):
     """A trial's loop callback: records its MLflow run on the Optuna trial (so a dead worker's run
-    can be closed), reports each epoch's first objective, and prunes when Optuna says so."""
+    can be closed), reports each epoch's first objective, and prunes when Optuna says so.
 
-    def __init__(self, trial: optuna.Trial, run: MlflowRun, objective: Objective | None, epochs: int):
+    With several seeds (trained one after another) seed j's epoch e is step j·E + e (E: the epoch
+    cap), and the value reported there is the mean over seeds 0..j of their value at epoch e (a
+    seed that stopped early keeps its chosen value), so every trial is compared at the same step
+    on the same quantity and pruning acts on the seeds' mean."""
+
+    def __init__(self, trial: optuna.Trial, run: MlflowRun | None, objective: Objective | None, epochs: int,
+                 seed_index: int = 0, earlier: list[list[float]] | None = None):
         self.trial, self.run, self.objective, self.epochs = trial, run, objective, epochs
+        self.seed_index, self.earlier, self.curve = seed_index, earlier or [], []
 
     def on_fit_start(self, start: FitStart) -> None:
-        self.trial.set_user_attr("mlflow_run_id", self.run.run_id)  # the run starts first (callback order)
+        if self.run is not None:  # the trial's own run, started first (callbacks run in order)
+            self.trial.set_user_attr("mlflow_run_id", self.run.run_id)
 
     def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
         super().on_epoch_end(epoch, record)
         if self.objective is None or self.objective.key not in record:  # Optuna prunes single-objective studies only
             return
-        self.trial.report(record[self.objective.key], epoch)
+        self.curve.append(record[self.objective.key])
+        others = [c[epoch - 1] if len(c) >= epoch else self.best(c) for c in self.earlier]
+        self.trial.report(sum([*others, self.curve[-1]]) / (len(others) + 1), self.seed_index * self.epochs + epoch)
         # After the last epoch the work is done: keep the result rather than prune it.
         if epoch < self.epochs and self.trial.should_prune():
-            raise Pruned(f"pruned at epoch {epoch}")
+            raise Pruned(f"pruned at epoch {epoch}" + (f" of seed {self.seed_index + 1}" if self.seed_index else ""))
+
+    def best(self, curve: list[float]) -> float:
+        return max(curve) if self.objective.maximize else min(curve)
 
 
 class TrialObjective:
@@ -140,8 +136,12 @@ class TrialObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         plan = self.plan
-        if plan.n_trials and is_surplus(self.study, trial, plan.n_trials):
-            trial.set_user_attr("harness_surplus", True)
+        if plan.exp.sweep.sampler == "grid":
+            if grid.owner_elsewhere(self.study, optuna_private.frozen(self.study, trial)):
+                trial.set_user_attr(SURPLUS, True)
+                raise Surplus(f"trial {trial.number}: its grid point is another trial's (or it is not one)")
+        elif plan.n_trials and is_surplus(self.study, trial, plan.n_trials):
+            trial.set_user_attr(SURPLUS, True)
             raise Surplus(f"trial {trial.number}: the study already holds or runs its {plan.n_trials} trials")
         trial.set_user_attr("worker", self.token)
         trial.set_user_attr("device", self.slot.device)
@@ -166,13 +166,32 @@ class TrialObjective:
         retried = recovery.retry_of(self.study, trial)
         if retried is not None:
             tags["harness.retry_of"] = retried
-        run = MlflowRun(self.client, plan.exp_id, trial_exp, name=run_name(trial_exp, trial.number), tags=tags,
-                        parent=plan.parent_run)
-        watch = PruneOnSignal(trial, run, None if plan.multi else plan.objectives[0], trial_exp.train.epochs)
-        result = run_trial(trial_exp, [run, watch])
+        name, prune_on = run_name(trial_exp, trial.number), None if plan.multi else plan.objectives[0]
+        epochs = trial_exp.train.epochs
+        if exp.sweep.seeds == 1:
+            run = MlflowRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
+            watch = PruneOnSignal(trial, run, prune_on, epochs)
+            results, run_ids = [run_trial(trial_exp, [run, watch])], [run.run_id]
+        else:
+            group = SeedGroupRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
+            trial.set_user_attr("mlflow_run_id", group.run_id)
+            results, run_ids, curves = [], [group.run_id], []
+            try:
+                for j in range(exp.sweep.seeds):
+                    seed_exp = trial_exp.with_values({"train.seed": trial_exp.train.seed + j})
+                    run = group.seed_run(seed_exp, j)
+                    watch = PruneOnSignal(trial, None, prune_on, epochs, seed_index=j, earlier=curves)
+                    results.append(run_trial(seed_exp, [run, watch]))
+                    curves.append(watch.curve)
+                    run_ids.append(run.run_id)
+                group.finish(results, run_ids[1])
+            except BaseException as e:
+                group.fail(e)
+                raise
         try:
-            return [objective_value(result, o.key) for o in plan.objectives]
-        except HarnessError as e:  # the run trained, but the trial fails: say so in MLflow too
-            set_tags(self.client, run.run_id, {"harness.state": "failed", "harness.failure": "objective", "harness.error": str(e)})
-            self.client.set_terminated(run.run_id, "FAILED")
+            return [sum(objective_value(r, o.key) for r in results) / len(results) for o in plan.objectives]
+        except HarnessError as e:  # the runs trained, but the trial fails: say so in MLflow too
+            set_tags(self.client, run_ids[0], {"harness.state": "failed", "harness.failure": "objective", "harness.error": str(e)})
+            self.client.set_terminated(run_ids[0], "FAILED")
             raise
+

@@ -13,8 +13,9 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import HarnessError
-from harness.sweep import workers
-from harness.sweep.objective import Plan, Surplus, TrialObjective, ended
+from harness.sweep import grid, workers
+from harness.sweep.counting import Surplus, ended
+from harness.sweep.objective import Plan, TrialObjective
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import fail_lost_trials
 from harness.sweep.space import make_pruner, make_sampler, worker_seed
@@ -61,6 +62,8 @@ def work(plan: Plan, slot: workers.Slot, on_trial: Callable[[optuna.Study], None
                 fail_lost_trials(study)
                 time.sleep(POLL_S)
                 continue
+        if exp.sweep.sampler == "grid":  # points whose trial was lost for good are queued again
+            grid.enqueue_missing(study, exp)
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         if objective.bad_input is not None:
             raise objective.bad_input

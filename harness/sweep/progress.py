@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 from rich import progress as live
 from rich.console import Console
 
-from harness.sweep.objective import Plan, ended
+from harness.sweep.counting import SURPLUS, ended
+from harness.sweep.objective import Plan
 
 
 class Progress:
@@ -32,7 +33,7 @@ class Progress:
         count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)}
         return {
             "ended": sum(ended(t) for t in trials), "complete": count[TrialState.COMPLETE], "pruned": count[TrialState.PRUNED],
-            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("harness_surplus") for t in trials),
+            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS) for t in trials),
             "running": count[TrialState.RUNNING],
         }
 

@@ -84,7 +84,7 @@ def close_orphan_runs(client, exp_id: str, study: optuna.Study) -> int:
     for run in runs:
         tags = run.data.tags
         role, token = tags.get("harness.role"), tags.get("harness.worker", "")
-        if role == "trial":
+        if role in ("trial", "seed"):
             try:
                 number = int(tags.get("harness.trial", ""))
             except ValueError:

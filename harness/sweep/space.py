@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import optuna
+from optuna.trial import FrozenTrial
 
 from harness.archs import create_model
 from harness.config import Experiment, ParamSpec
@@ -76,10 +77,10 @@ def make_sampler(exp: Experiment, multi: bool, seed: int | None = None) -> optun
         if s == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         if s == "grid":
-            grid = {k: v.choices for k, v in exp.sweep.space.items()}
-            if any(c is None for c in grid.values()) or exp.sweep.space_by_arch:
+            if any(v.choices is None for v in exp.sweep.space.values()) or exp.sweep.space_by_arch:
                 raise HarnessError("sweep.sampler: 'grid' needs every sweep.space entry as a list of choices (and no space_by_arch)")
-            return optuna.samplers.GridSampler(grid, seed=seed)
+            # A grid study samples nothing: its points are queued trials (harness.sweep.grid).
+            return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, multivariate=not multi, group=not multi)
 
 
@@ -94,5 +95,39 @@ def make_pruner(exp: Experiment) -> optuna.pruners.BasePruner:
     if exp.sweep.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     if exp.sweep.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=exp.train.epochs)
+        # a trial reports seeds × epochs steps (see objective.PruneOnSignal)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=exp.train.epochs * exp.sweep.seeds)
     return optuna.pruners.NopPruner()
+
+
+EDGE = 0.05  # a best value within this share of a range's ends (log-scaled for log ranges) is on its edge
+
+
+def edges(exp: Experiment, best: dict[str, FrozenTrial]) -> list[str]:
+    """For each architecture's best trial, the searched numeric dimensions whose value lies on
+    the edge of their range or grid: the optimum may lie beyond, so the comparison is not done."""
+    out = []
+    for arch, trial in best.items():
+        space = {**exp.sweep.space, **exp.sweep.space_by_arch.get(arch, {})}
+        for key, spec in space.items():
+            value = trial.params.get(key)
+            if not _numeric(value):
+                continue
+            if spec.choices is not None:
+                values = sorted({v for v in spec.choices if _numeric(v)})
+                if len(values) < 2 or values[0] < value < values[-1]:
+                    continue
+                where = "lowest" if value == values[0] else "highest"
+                out.append(f"{arch}: best {key} = {value:g} is the {where} of {[float(f'{v:g}') for v in values]}")
+            else:
+                scale = math.log if spec.log else float
+                share = (scale(value) - scale(spec.low)) / (scale(spec.high) - scale(spec.low))
+                if EDGE < share < 1 - EDGE:
+                    continue
+                where = "low" if share <= EDGE else "high"
+                out.append(f"{arch}: best {key} = {value:.3g} is at the {where} end of its range [{spec.low:g}, {spec.high:g}]")
+    return out
+
+
+def _numeric(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -1,0 +1,66 @@
+"""Exact grids: a grid study runs every point of its grid exactly once, however many workers,
+commands or resumes share it.
+
+Each worker's own sampler would draw the grid in its own order (and repeat or skip points), so
+a grid study samples nothing: its points are queued as Optuna trials with fixed parameters
+(`enqueue_missing`), which workers pop one at a time (a storage-level state change that only
+one process wins). Two commands queueing at once may queue a point twice: the lowest-numbered
+trial of a point owns it, and any other copy stops before training (`owner_elsewhere`), marked
+like a surplus trial. A resumed study queues what is missing: points never queued, or whose
+trial was lost and not re-queued.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.config import Experiment
+from harness.sweep.counting import SURPLUS, ended
+
+
+def points(exp: Experiment) -> list[dict]:
+    """The grid's points (`n_trials` of them when it is smaller), in an order fixed by `sweep.seed`."""
+    space = exp.sweep.space
+    grid = [dict(zip(space, values, strict=True)) for values in itertools.product(*(s.choices for s in space.values()))]
+    random.Random(exp.sweep.seed or 0).shuffle(grid)
+    return grid[: exp.sweep.n_trials] if exp.sweep.n_trials else grid
+
+
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def point_of(t: FrozenTrial) -> str | None:
+    """The grid point a trial was queued with (None: not queued, so not part of the grid)."""
+    fixed = t.system_attrs.get("fixed_params")
+    return _key(fixed) if fixed else None
+
+
+def _holds(t: FrozenTrial) -> bool:
+    """Whether a trial holds its point: queued, running, or ended (a lost or surplus one does not)."""
+    if t.user_attrs.get(SURPLUS):
+        return False
+    return t.state in (TrialState.WAITING, TrialState.RUNNING) or ended(t)
+
+
+def enqueue_missing(study: optuna.Study, exp: Experiment) -> int:
+    """Queue every point no trial holds; returns how many were queued."""
+    held = {point_of(t) for t in study.get_trials(deepcopy=False) if _holds(t)}
+    missing = [p for p in points(exp) if _key(p) not in held]
+    for p in missing:
+        study.enqueue_trial(p)
+    return len(missing)
+
+
+def owner_elsewhere(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether this trial must not run: it was not queued from the grid, or a lower-numbered
+    trial holds its point."""
+    mine = point_of(trial)
+    if mine is None:
+        return True
+    return any(t.number < trial.number and point_of(t) == mine and _holds(t) for t in study.get_trials(deepcopy=False))

@@ -1,0 +1,187 @@
+"""A ranking that means something: exact grids under several workers and resumes, seeds in the
+search, early stopping, edges of the search space, final runs counted once per (configuration,
+seed), and the field's LSTM default. The statistics themselves are checked in test_report.py."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from harness.archs import create_model
+from harness.cli import main
+from harness.config import validate
+from harness.runner import build
+from harness.sweep import run
+from harness.sweep.space import edges
+from harness.train import fit
+from tests.conftest import EXPERIMENTS
+from tests.test_sweep import EXPERIMENT, SLOW, load, runs_of, study_of, sweep_cmd, wait_for
+
+GRID = ["--set", "sweep.sampler='grid'", "--set", "sweep.space_by_arch={}", "--set", "sweep.repeat=0",
+        "--set", "sweep.space={'model.arch' = ['rnn', 'gru', 'lstm', 'mlp'], 'train.lr' = [0.003, 0.01]}"]
+
+
+@pytest.fixture
+def tiny(workdir):
+    """test_sweep's tiny study: MNIST-1D, 256 sequences, hidden size 8, rnn or gru."""
+    path = workdir / "tiny.toml"
+    path.write_text(EXPERIMENT)
+    return path
+
+
+def done_points() -> int:
+    try:
+        return sum(points(study_of(None)).values())
+    except KeyError:  # the command has not created the study yet
+        return 0
+
+
+def points(study: optuna.Study, state: TrialState = TrialState.COMPLETE) -> Counter:
+    return Counter((t.params["model.arch"], t.params["train.lr"]) for t in study.trials if t.state == state)
+
+
+@pytest.mark.slow
+def test_a_grid_with_two_workers_killed_and_resumed_runs_each_point_exactly_once(tiny, workdir):
+    cmd = sweep_cmd(tiny, "--jobs", "2", "--n-trials", "8", *GRID, *SLOW)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:  # kill the command once some points are done and others run
+        wait_for(lambda: done_points() >= 2, timeout=180, what="two grid points done")
+    finally:
+        p.kill()
+        p.wait()
+    left = study_of(None)
+    assert 2 <= sum(points(left).values()) < 8  # a partial grid
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = study_of(None)
+    grid = {(a, lr) for a in ("rnn", "gru", "lstm", "mlp") for lr in (0.003, 0.01)}
+    assert points(study) == Counter(dict.fromkeys(grid, 1))  # every point once, none twice
+    # Whatever else the study holds never ran a point again: lost trials and surplus copies.
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE or t.user_attrs.get("harness_surplus") or "error" not in t.user_attrs
+
+
+@pytest.mark.slow
+def test_two_commands_at_once_train_each_final_configuration_and_seed_once(tiny, workdir):
+    cmd = sweep_cmd(tiny, "--n-trials", "2", "--repeat", "2")
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outs
+    finals = [r for r in runs_of(role="final") if r.info.status == "FINISHED"]
+    keys = Counter((r.data.tags["harness.config"], r.data.params["train.seed"]) for r in finals)
+    archs = {r.data.params["model.arch"] for r in finals}
+    assert keys and set(keys.values()) == {1} and len(keys) == 2 * len(archs)
+    # The seeds are the same for every architecture: the comparison is paired.
+    seeds = {a: sorted(r.data.params["train.seed"] for r in finals if r.data.params["model.arch"] == a) for a in archs}
+    assert all(s == ["1000", "1001"] for s in seeds.values()), seeds
+
+
+def test_seeds_in_the_search_are_nested_runs_and_the_objective_is_their_mean(tiny, workdir):
+    outcome = run(load(tiny, "sweep.n_trials=2", "sweep.seeds=2"), progress=False)
+    client = MlflowClient()
+    trials = runs_of(role="trial")
+    assert len(trials) == 2
+    for trial_run in trials:
+        t = outcome.study.trials[int(trial_run.data.tags["harness.trial"])]
+        seeds = [r for r in runs_of(role="seed") if r.data.tags["mlflow.parentRunId"] == trial_run.info.run_id]
+        assert sorted(int(r.data.params["train.seed"]) for r in seeds) == [0, 1]
+        values = [r.data.metrics["best_val_accuracy"] for r in seeds]
+        assert t.value == pytest.approx(np.mean(values))  # Optuna's objective
+        m = trial_run.data.metrics
+        assert m["best_val_accuracy"] == pytest.approx(np.mean(values)) and m["best_val_accuracy_std"] == pytest.approx(
+            np.std(values, ddof=1))
+        assert trial_run.data.params["arch_family"] in ("RNN", "GRU") and trial_run.data.params["n_params"]
+        curve = client.get_metric_history(trial_run.info.run_id, "val_accuracy")
+        assert [h.step for h in curve] == [1, 2]  # the seeds' mean per epoch, for the learning curves
+
+
+def test_pruning_compares_the_seeds_mean_at_one_step_per_seed_and_epoch(tiny, workdir):
+    outcome = run(load(tiny, "sweep.n_trials=1", "sweep.seeds=2"), progress=False)
+    (t,) = outcome.study.trials
+    seeds = sorted(runs_of(role="seed"), key=lambda r: int(r.data.params["train.seed"]))
+    client = MlflowClient()
+    curves = [[h.value for h in sorted(client.get_metric_history(r.info.run_id, "val_accuracy"), key=lambda h: h.step)]
+              for r in seeds]
+    # seed 0's epochs are steps 1, 2; seed 1's are steps 3, 4, reported as the mean with seed 0's same epoch.
+    assert t.intermediate_values == pytest.approx({1: curves[0][0], 2: curves[0][1],
+                                                   3: np.mean([curves[0][0], curves[1][0]]),
+                                                   4: np.mean([curves[0][1], curves[1][1]])})
+
+
+def test_patience_stops_a_run_that_no_longer_improves():
+    exp = validate({"task": {"name": "digits"}, "model": {"arch": "gru", "hidden_size": 8},
+                    "train": {"epochs": 6, "lr": 1e-9, "patience": 2, "device": "cpu"}})
+    task, model = build(exp)
+    result = fit(model, task, exp.train, device=torch.device("cpu"))  # lr 1e-9: nothing moves after epoch 1
+    assert result.stopped_early and result.epochs_run == 3 and len(result.history) == 3 and result.best_epoch == 1
+    assert not result.budget_limited
+    final = result.final_metrics()
+    assert (final["stopped_early"], final["epochs_run"], final["budget_limited"]) == (1.0, 3.0, 0.0)
+
+    exp = exp.with_values({"train.patience": None, "train.epochs": 2, "train.lr": 1e-2})
+    task, model = build(exp)
+    capped = fit(model, task, exp.train, device=torch.device("cpu"))
+    assert not capped.stopped_early and capped.epochs_run == 2
+    assert capped.budget_limited == (capped.best_epoch == 2)  # without patience: the last tenth (one epoch) of the cap
+
+
+def test_the_edge_warning_fires_when_the_best_is_the_last_grid_value(tiny, workdir):
+    exp = load(tiny, "name='edge'", "sweep.sampler='grid'", "sweep.space_by_arch={}", "sweep.repeat=0",
+               "sweep.space={'model.arch' = ['gru'], 'train.lr' = [0.00001, 0.001, 0.03]}")
+    outcome = run(exp, progress=False)
+    best = outcome.study.best_trial.params["train.lr"]
+    assert best == 0.03, outcome.study.trials  # 1e-5 and 1e-3 barely move in 2 epochs of 256 examples
+    assert outcome.edges == ["gru: best train.lr = 0.03 is the highest of [1e-05, 0.001, 0.03]"]
+    assert any("on the edge of the search space" in line for line in outcome.lines())
+    (parent,) = runs_of("edge", role="study")
+    assert parent.data.tags["harness.edges"] == outcome.edges[0]
+    assert main(["report", "edge", "--out", str(workdir / "out")]) == 0
+    assert "On the edge of the search space**: gru: best train.lr = 0.03" in (workdir / "out" / "edge.md").read_text()
+
+
+def test_edges_of_a_log_range():
+    exp = validate({"sweep": {"space": {"train.lr": {"low": 1e-4, "high": 1e-1, "log": True}, "model.hidden_size": [16, 32, 64]}}})
+
+    def trial(lr, hidden):
+        return create_trial(params={"train.lr": lr, "model.hidden_size": hidden}, value=0.5,
+                            distributions={"train.lr": FloatDistribution(1e-4, 1e-1, log=True),
+                                           "model.hidden_size": optuna.distributions.CategoricalDistribution([16, 32, 64])})
+
+    assert edges(exp, {"gru": trial(3e-3, 32)}) == []  # mid-range on a log scale, a middle choice
+    found = edges(exp, {"rnn": trial(1.1e-4, 16), "lstm": trial(0.09, 64)})
+    assert found == ["rnn: best train.lr = 0.00011 is at the low end of its range [0.0001, 0.1]",
+                     "rnn: best model.hidden_size = 16 is the lowest of [16.0, 32.0, 64.0]",
+                     "lstm: best train.lr = 0.09 is at the high end of its range [0.0001, 0.1]",
+                     "lstm: best model.hidden_size = 64 is the highest of [16.0, 32.0, 64.0]"]
+
+
+def test_an_lstm_starts_with_forget_gate_bias_one_and_zero_gives_torchs_mean():
+    for name in ("lstm", "bilstm"):
+        torch.manual_seed(0)
+        model = create_model(name, input_size=3, output_size=2, io="many-to-one", seq_len=5, hidden_size=4, num_layers=2)
+        for pname, p in model.rnn.named_parameters():
+            if pname.startswith("bias_"):
+                forget = p[4:8]
+                assert torch.equal(forget, torch.full_like(forget, 1.0 if pname.startswith("bias_ih") else 0.0)), pname
+    zero = create_model("lstm", input_size=3, output_size=2, io="many-to-one", seq_len=5, hidden_size=4, forget_bias=0)
+    assert float(zero.rnn.bias_ih_l0[4:8].detach().abs().sum() + zero.rnn.bias_hh_l0[4:8].detach().abs().sum()) == 0
+
+
+def test_a_run_keeps_each_test_examples_metric(workdir, capsys):
+    assert main(["run", str(EXPERIMENTS / "quickstart.toml"), "--set", "task.name='digits'", "--set", "model.arch='gru'", "--set", "model.hidden_size=8",
+                 "--set", "train.epochs=1", "--set", "tracking.system_metrics=false"]) == 0
+    client = MlflowClient()
+    (r,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    values = np.load(client.download_artifacts(r.info.run_id, "test_per_example.npy", str(workdir)))
+    assert values.shape == (359,) and set(np.unique(values)) <= {0.0, 1.0}  # digits: 359 test images, right or wrong
+    assert values.mean() == pytest.approx(r.data.metrics["test_accuracy"], abs=1e-6)
