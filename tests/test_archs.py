@@ -13,7 +13,7 @@ from torch import nn
 
 import harness.archs as archs
 from harness.archs import IO_KINDS, count_params, create_model, get_model_fn, list_models, model_flops
-from harness.archs.recurrent import GATES, ElmanRNN, RecurrentNet, cell_kind, elman_scan, unroll
+from harness.archs.recurrent import GATES, ElmanRNN, RecurrentNet, as_sequence, cell_kind, elman_scan, unroll
 from harness.cli import main
 from harness.config import load_experiment
 from harness.errors import HarnessError
@@ -90,6 +90,12 @@ def test_return_hidden_gives_the_fused_output_and_top_layer_states(name, io):
     steps = 1 if io == "one-to-one" else T
     assert len(hidden) == directions(model) and all(len(hs) == steps for hs in hidden)
     assert all(h.shape == (B, H) and h.requires_grad for hs in hidden for h in hs)
+    # They are the top layer's states h_1..h_T as the fused module computes them (not a lower
+    # layer's, not shifted in time), each direction in its own list.
+    seq = as_sequence(x, io, T)
+    with torch.no_grad():
+        top = model.lstm2(model.drop(model.lstm1(seq)[0]))[0] if name == "seed-lstm" else model.rnn(seq)[0]
+    torch.testing.assert_close(torch.cat([torch.stack(hs, 1) for hs in hidden], -1), top)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "mlp"])
@@ -326,8 +332,17 @@ def test_an_option_the_architecture_lacks_is_named_with_what_it_takes():
 
 
 def test_none_overrides_are_dropped():
-    model = build("gru", "many-to-one", forget_bias=None, activation=None)
-    assert isinstance(model.rnn, nn.GRU)
+    """None means "unset": options the GRU does not take are not refused, and the model is the
+    default one, weight for weight (hidden_size=None falls back to the factory's 128)."""
+    torch.manual_seed(0)
+    model = create_model("gru", input_size=D_IN, output_size=D_OUT, io="many-to-one", seq_len=T,
+                         forget_bias=None, activation=None, hidden_size=None, num_layers=None)
+    torch.manual_seed(0)
+    default = create_model("gru", input_size=D_IN, output_size=D_OUT, io="many-to-one", seq_len=T)
+    assert model.rnn.hidden_size == 128 and model.rnn.num_layers == 1
+    assert model.state_dict().keys() == default.state_dict().keys()
+    for key, value in default.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
 
 
 def test_bad_io_is_refused():

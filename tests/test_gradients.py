@@ -94,6 +94,13 @@ def test_layer_norms_add_up_and_name_each_layer():
     layers = {k: v for k, v in metrics.items() if k.startswith("grad_norm/")}
     assert set(layers) == {"grad_norm/rnn.layer0", "grad_norm/rnn.layer1", "grad_norm/head"}
     assert math.sqrt(sum(v**2 for v in layers.values())) == pytest.approx(metrics["grad_norm"], rel=1e-5)
+    # Each group is its own layer's gradients (not a neighbour's): computed here from the names.
+    for group, prefix in (("rnn.layer0", "_l0"), ("rnn.layer1", "_l1"), ("head", "head.")):
+        own = [p.grad for n, p in model.named_parameters() if prefix in n]
+        assert len(own) in (2, 4)
+        assert metrics[f"grad_norm/{group}"] == pytest.approx(torch.cat([g.flatten() for g in own]).norm().item(), rel=1e-5)
+    assert metrics["grad_norm"] == pytest.approx(
+        torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item(), rel=1e-5)
     assert metrics["grad_nonfinite"] == 0 and metrics["clip_fraction"] == 0
     assert metrics["grad_norm_clipped"] == metrics["grad_norm"]  # no clip_norm: nothing clipped
     assert [len(row) for *_, row in stats.profile] == [7]
@@ -112,14 +119,31 @@ def test_models_without_states_record_norms_but_no_profile():
     assert takes_hidden(mlp) and not takes_hidden(Plain())
     for model in (mlp, Plain()):
         stats, metrics, _ = probe_step(model, torch.randn(6, 4), nn.functional.cross_entropy, torch.randint(0, 2, (6,)))
-        assert metrics["grad_norm"] > 0 and "grad_vanish_ratio" not in metrics
-        assert stats.profile == []
-    assert group_of(Plain(), "lin.weight") == "lin"
+        direct = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+        assert direct > 0 and metrics["grad_norm"] == pytest.approx(direct, rel=1e-5)
+        assert "grad_vanish_ratio" not in metrics and stats.profile == []
+    assert group_of(Plain(), "lin.weight") == "lin" and metrics["grad_norm/lin"] == pytest.approx(direct, rel=1e-5)
 
 
 def test_cadence_first_step_then_every_nth():
     stats = GradStats(nn.Linear(2, 2), every=10)
     assert [s for s in range(1, 35) if stats.due(s)] == [1, 10, 20, 30]
+
+
+def test_clip_fraction_is_the_share_of_steps_since_the_last_record_above_clip_norm():
+    model = nn.Linear(2, 1)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    stats = GradStats(model, every=4, clip_norm=1.0)
+    for step, norm in enumerate((3.0, 0.5, 2.0, 0.9, 1.5), 1):  # records at steps 1 and 4; step 5 is not one
+        stats.observe(torch.tensor(norm))
+        if stats.due(step):
+            stats.record(step, 1, torch.tensor(norm), None)
+    (s1, first), (s4, fourth) = stats.drain()
+    assert (s1, s4) == (1, 4)
+    assert first["clip_fraction"] == 1.0 and first["grad_norm_clipped"] == pytest.approx(1.0, rel=1e-5)
+    # Step 4's record covers steps 2, 3, 4 (0.5, 2.0, 0.9): one of three was clipped; 0.9 itself was not.
+    assert fourth["clip_fraction"] == pytest.approx(1 / 3) and fourth["grad_norm_clipped"] == pytest.approx(0.9)
 
 
 def test_finite_check_stops_at_the_first_bad_step_on_both_paths():

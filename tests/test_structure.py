@@ -17,20 +17,43 @@ PACKAGE = Path(__file__).resolve().parents[1] / "harness"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
-def imports(path: Path) -> set[str]:
-    """Every module `path` imports, at any depth (top-level, inside functions, TYPE_CHECKING included)."""
+def imports(path: Path, source: str | None = None) -> set[str]:
+    """Every module `path` imports, at any depth (top-level, inside functions, TYPE_CHECKING
+    included), relative imports resolved against `path`'s package; `source` stands for the file's text."""
+    package = list(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}
     return found
 
 
-def imports_any(path: Path, *prefixes: str) -> list[str]:
-    return sorted(m for m in imports(path) if any(m == p or m.startswith(p + ".") for p in prefixes))
+def imports_any(path: Path, *prefixes: str, source: str | None = None) -> list[str]:
+    return sorted(m for m in imports(path, source) if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+
+def words_in(source: str) -> set[str]:
+    """The string constants of a module's source, and each of their words (`_` splits words)."""
+    strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return {w.strip("`'\".,:;()") for s in strings for w in s.replace("_", " ").split()} | strings
+
+
+def test_the_scans_find_what_they_look_for():
+    """Every check below asserts an absence, which a scan that finds nothing would pass: each
+    scan finds imports at every depth, relative ones included, and names inside strings."""
+    assert "harness.gradients.GradStats" in imports(PACKAGE / "callbacks.py")  # under TYPE_CHECKING
+    assert {"matplotlib.pyplot", "mlflow.tracking"} <= set(imports_any(PACKAGE / "tracking.py", "mlflow", "matplotlib"))
+    late = "def f():\n    from ..tracking import MlflowRun\n    from . import objective\n    import optuna\n"
+    assert imports_any(PACKAGE / "sweep" / "pool.py", "harness.tracking", "harness.sweep", "optuna", source=late) == [
+        "harness.sweep", "harness.sweep.objective", "harness.tracking", "harness.tracking.MlflowRun", "optuna"]
+    assert imports_any(PACKAGE / "report" / "x.py", "torch", source="from torch import nn\n") == ["torch", "torch.nn"]
+    assert {"lstm", "accuracy", "BRNN"} <= words_in('y = "val_accuracy by `lstm`, BRNN."')
+    assert "._storage" in (PACKAGE / "sweep" / "optuna_private.py").read_text()
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -65,8 +88,7 @@ def test_the_report_holds_no_architecture_family_or_metric_name():
     """Families and metric directions come from what runs logged, so none is spelt out here."""
     names = set(list_models()) | set(FAMILIES) | set(list_metrics()) | {"mse", "bidirectional"}
     for path in (PACKAGE / "report").glob("*.py"):
-        strings = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-        words = {w.strip("`'\".,:;()") for s in strings for w in s.replace("_", " ").split()} | strings
+        words = words_in(path.read_text())
         assert not names & words, (path, names & words)
 
 

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -20,7 +21,7 @@ from harness.callbacks import Callback
 from harness.config import validate
 from harness.errors import Diverged, Pruned
 from harness.runner import build, run_trial
-from harness.tracking import MlflowRun, experiment_id, get_client, git_commit, study_run
+from harness.tracking import MlflowRun, device_name, experiment_id, get_client, git_commit, study_run
 from harness.train import evaluate
 
 EPOCH_KEYS = {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
@@ -73,8 +74,8 @@ def test_trial_run_holds_every_key(workdir):
     assert p["n_params"] == str(count_params(model)) and p["flops_per_sample"] == str(model.flops(40))
     # Tags: where and on which data it ran.
     t = data.tags
-    assert t["torch_version"] == torch.__version__ and t["device"]
-    assert t["split_hash.train"] == task.split_hashes()["train"] and {"split_hash.val", "split_hash.test"} <= set(t)
+    assert t["torch_version"] == torch.__version__ and t["device"] == device_name(torch.device("cpu"))
+    assert {f"split_hash.{k}": v for k, v in task.split_hashes().items()} == {k: v for k, v in t.items() if k.startswith("split_hash.")}
     if git_commit() is not None:  # run from a git checkout
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
         assert t["harness.git_commit"].startswith(head) and t["mlflow.source.git.commit"] == head
@@ -82,50 +83,66 @@ def test_trial_run_holds_every_key(workdir):
     m = data.metrics
     assert EPOCH_KEYS | GRAD_KEYS | FINAL_KEYS <= set(m)
     assert any(k.startswith("system/cpu_utilization") for k in m)  # MLflow's own system metrics
-    # Per epoch, step = epoch.
+    # Per epoch, step = epoch: the values the loop measured.
     for key in EPOCH_KEYS:
-        assert steps(client, run_id, key) == [1, 2]
-    assert all(0 <= h.value <= 1 for h in client.get_metric_history(run_id, "val_accuracy"))
+        history = client.get_metric_history(run_id, key)
+        assert [h.step for h in history] == [1, 2]
+        assert [h.value for h in history] == pytest.approx([h[key] for h in result.history], rel=1e-6), key
     # Gradient statistics, step = optimiser step: the first, then every 3rd of 2 × 8 steps.
     for key in GRAD_KEYS:
         assert steps(client, run_id, key) == [1, 3, 6, 9, 12, 15], key
-    for step in range(6):
-        g = {k: client.get_metric_history(run_id, k)[step].value for k in GRAD_KEYS}
-        assert g["grad_nonfinite"] == 0 and 0 <= g["clip_fraction"] <= 1
+    records = [{k: client.get_metric_history(run_id, k)[i].value for k in GRAD_KEYS} for i in range(6)]
+    for g, since in zip(records, (1, 2, 3, 3, 3, 3), strict=True):  # optimiser steps each record covers
+        assert g["grad_nonfinite"] == 0
         assert g["grad_norm_clipped"] == pytest.approx(min(g["grad_norm"], 1.0), rel=1e-5)
         assert math.hypot(g["grad_norm/rnn.layer0"], g["grad_norm/head"]) == pytest.approx(g["grad_norm"], rel=1e-4)
-        assert 0 < g["grad_vanish_ratio"] and 0 < g["grad_vanish_ratio_reverse"]
-    # Final, measured once.
-    assert m["best_epoch"] in (1, 2) and m["best_val_accuracy"] == max(h["val_accuracy"] for h in result.history)
-    assert 0 <= m["test_accuracy"] <= 1 and m["test_loss"] > 0
-    assert 0 < m["infer_latency_ms_p50"] <= m["infer_latency_ms_p95"] and m["infer_samples_per_s"] > 0
-    assert m["peak_memory_mb"] > 0 and m["device_peak_gflops"] > m["train_gflops_per_s"] > 0
+        # clip_fraction: the share of those steps above clip_norm 1, the record's own step among them
+        clipped = g["clip_fraction"] * since
+        assert clipped == pytest.approx(round(clipped), abs=1e-4)
+        assert round(clipped) >= 1 if g["grad_norm"] > 1.0 else round(clipped) <= since - 1
+    # Final, measured once: what the run's result holds, logged at step 0.
+    final = result.final_metrics()
+    for key in FINAL_KEYS:
+        assert m[key] == pytest.approx(final[key], rel=1e-6), key
+        assert [h.step for h in client.get_metric_history(run_id, key)] == [0], key
+    assert m["best_val_accuracy"] == max(h["val_accuracy"] for h in result.history)
+    assert m["best_epoch"] == 1 + [h["val_accuracy"] for h in result.history].index(m["best_val_accuracy"])
+    assert 0 < m["infer_latency_ms_p50"] <= m["infer_latency_ms_p95"]
     assert m["peak_fraction"] == pytest.approx(m["train_gflops_per_s"] / m["device_peak_gflops"])
     assert m["total_time_s"] >= sum(h["epoch_time_s"] for h in result.history)
 
     # Artifacts.
     folder = Path(client.download_artifacts(run_id, "", str(workdir / "artifacts")))
     assert sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint.pt", "grad_profile.csv", "grad_profile.png", "learning_curve.png", "settings.json"]
+        "checkpoint.pt", "grad_profile.csv", "grad_profile.png", "learning_curve.png", "settings.json", "test_per_example.npy"]
     assert validate(json.loads((folder / "settings.json").read_text())) == exp
     for png in ("grad_profile.png", "learning_curve.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with (folder / "grad_profile.csv").open() as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["step", "epoch", "direction", *(f"t{i}" for i in range(1, 41))]  # T = 40 columns
-    assert [(r[0], r[2]) for r in rows[1:3]] == [("1", "forward"), ("1", "reverse")] and len(rows) == 1 + 6 * 2
-    first = {r[2]: [float(v) for v in r[3:]] for r in rows[1:3]}
-    ratio = client.get_metric_history(run_id, "grad_vanish_ratio")[0].value
-    assert first["forward"][0] / first["forward"][-1] == pytest.approx(ratio, rel=1e-4)
-    # The checkpoint is the chosen epoch's: loaded as plain tensors, it gives the logged test value.
+    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [
+        (str(s), "1" if s <= 8 else "2", d) for s in (1, 3, 6, 9, 12, 15) for d in ("forward", "reverse")]
+    # Each logged vanishing ratio is its profile row's, read in the direction's own order.
+    for i, g in enumerate(records):
+        forward, reverse = ([float(v) for v in r[3:]] for r in rows[1 + 2 * i : 3 + 2 * i])
+        assert g["grad_vanish_ratio"] == pytest.approx(forward[0] / forward[-1], rel=1e-4)
+        assert g["grad_vanish_ratio_reverse"] == pytest.approx(reverse[-1] / reverse[0], rel=1e-4)
+    # The checkpoint is the chosen epoch's: loaded as plain tensors, it gives the logged test values.
     fresh = build(exp)[1]
     fresh.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=True))
-    assert evaluate(fresh, task, "test", torch.device("cpu"), 1024)[1] == pytest.approx(m["test_accuracy"])
+    assert evaluate(fresh, task, "test", torch.device("cpu"), 1024) == pytest.approx((m["test_loss"], m["test_accuracy"]))
+    # Each test example's metric, in test-split order: 1 exactly where the checkpoint is right.
+    per_example = np.load(folder / "test_per_example.npy")
+    with torch.no_grad():
+        right = (fresh.eval()(task.x_test).argmax(-1) == task.y_test).numpy()
+    assert per_example.dtype == np.float32 and np.array_equal(per_example, right.astype(np.float32))
+    assert per_example.mean() == pytest.approx(m["test_accuracy"], abs=1e-6)
 
 
 def test_artifacts_system_metrics_and_grad_stats_are_optional(workdir):
     off = {"checkpoint": False, "settings_file": False, "learning_curve": False, "grad_profile": False,
-           "system_metrics": False, "system_metrics_interval": 0.1, "grad_stats_every": 0}
+           "test_per_example": False, "system_metrics": False, "system_metrics_interval": 0.1, "grad_stats_every": 0}
     client, _, run = run_it(experiment(train={"epochs": 1}, tracking=off))
     assert client.list_artifacts(run.info.run_id) == []
     assert not any(k.startswith(("grad_", "system/")) for k in run.data.metrics)
@@ -171,8 +188,13 @@ def test_diverged_run_is_failed_and_the_study_goes_on(workdir):
     failed, done = runs["0"], runs["1"]
     assert failed.info.status == "FAILED" and failed.data.tags["harness.failure"] == "diverged"
     assert failed.data.tags["harness.state"] == "failed" and failed.data.tags["harness.failure_epoch"] == "1"
-    assert int(failed.data.tags["harness.failure_step"]) >= 1 and "non-finite" in failed.data.tags["harness.error"]
-    assert "grad_norm" in failed.data.metrics  # what it logged before diverging is kept
+    assert "non-finite" in failed.data.tags["harness.error"]
+    # What it logged up to the diverging step is kept, that step's gradient record last.
+    grads = client.get_metric_history(failed.info.run_id, "grad_norm")
+    assert len(grads) >= 2 and grads[0].step == 1
+    assert grads[-1].step == int(failed.data.tags["harness.failure_step"]) > 1
+    last_nonfinite = client.get_metric_history(failed.info.run_id, "grad_nonfinite")[-1]
+    assert last_nonfinite.step == grads[-1].step and (last_nonfinite.value > 0 or not math.isfinite(grads[-1].value))
     assert {a.path for a in client.list_artifacts(failed.info.run_id)} >= {"settings.json", "grad_profile.csv"}
     assert done.info.status == "FINISHED" and math.isfinite(done.data.metrics["best_val_mse"])
     assert done.data.tags[ "mlflow.parentRunId"] == parent == failed.data.tags["mlflow.parentRunId"]

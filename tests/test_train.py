@@ -3,16 +3,21 @@ gradient probe leaves training's arithmetic alone."""
 
 from __future__ import annotations
 
+import copy
 import math
 
+import optuna
 import pytest
 import torch
 
+from harness.archs import create_model
 from harness.callbacks import Callback
 from harness.config import TrainSettings, validate
-from harness.errors import Pruned
+from harness.errors import HarnessError, Pruned
 from harness.gradients import GradStats
 from harness.runner import build
+from harness.sweep.space import suggest
+from harness.tasks import load_task
 from harness.train import evaluate, fit
 
 CPU = torch.device("cpu")
@@ -59,11 +64,13 @@ def test_fit_records_each_epoch_and_tests_the_chosen_checkpoint():
     assert result.steps == 3 * math.ceil(512 / 64) and result.samples_trained == 3 * 512
     for h in result.history:
         assert set(h) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
-        assert 0 <= h["train_accuracy"] <= 1 and h["val_loss"] > 0 and h["lr"] == 3e-3
+        assert h["lr"] == 3e-3
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # it trained
     vals = [h["val_accuracy"] for h in result.history]
     assert result.best_val == max(vals) and result.best_epoch == vals.index(max(vals)) + 1
-    # The model left behind is the chosen epoch's: validation gives the chosen value again.
-    assert evaluate(model, task, "val", CPU, 1024)[1] == pytest.approx(result.best_val)
+    # The model left behind is the chosen epoch's: validation gives that epoch's loss and metric again.
+    chosen = result.history[result.best_epoch - 1]
+    assert evaluate(model, task, "val", CPU, 1024) == pytest.approx((chosen["val_loss"], chosen["val_accuracy"]))
     assert (result.test_loss, result.test_metric) == pytest.approx(evaluate(model, task, "test", CPU, 1024))
 
 
@@ -106,8 +113,56 @@ def test_callbacks_hear_gradient_records_before_their_epoch_and_a_prune_as_a_fai
     assert second.calls[1:] == [*expected[:-1], ("failure", "Pruned", 2)]  # never saw epoch 2's end
 
 
-def test_clip_norm_is_a_sweepable_train_setting():
+class Records(Callback):
+    def __init__(self):
+        self.records = []
+
+    def on_grad_stats(self, step, values):
+        self.records.append((step, values))
+
+
+def test_clipping_bounds_the_applied_gradient_and_leaves_smaller_ones_untouched():
+    """One full-batch step of plain SGD at lr 1 moves the weights by exactly the gradient the
+    optimiser received, so the step shows whether, and how much, the loop clipped it."""
+    task = load_task("adding", seq_len=10, train_size=100, test_size=10)  # 90 training sequences
+    torch.manual_seed(0)
+    start = create_model("gru", input_size=2, output_size=1, io="many-to-one", seq_len=10, hidden_size=8)
+    reference = copy.deepcopy(start)
+    task.loss_fn(reference(task.x_train), task.y_train).backward()
+    grads = [p.grad for p in reference.parameters()]
+    norm = torch.cat([g.flatten() for g in grads]).norm().item()
+    assert norm > 0
+    for clip_norm in (norm / 4, 4 * norm):
+        model = copy.deepcopy(start)
+        cfg = TrainSettings(epochs=1, batch_size=len(task.x_train), optimizer="sgd", lr=1.0, clip_norm=clip_norm)
+        seen = Records()
+        fit(model, task, cfg, device=CPU, callbacks=[seen], grad_stats=GradStats(model, every=1, clip_norm=clip_norm))
+        applied = [(a - b).detach() for a, b in zip(start.parameters(), model.parameters(), strict=True)]
+        applied_norm = torch.cat([a.flatten() for a in applied]).norm().item()
+        scale = 0.25 if clip_norm == norm / 4 else 1.0  # clipped to a quarter, or left alone
+        assert applied_norm == pytest.approx(scale * norm, rel=1e-4)
+        for a, g in zip(applied, grads, strict=True):  # the gradient's direction, only its length changed
+            torch.testing.assert_close(a, scale * g, rtol=1e-3, atol=1e-6)
+        # What the gradient statistics record is what the optimiser got.
+        [(step, record)] = seen.records
+        assert step == 1
+        assert record["grad_norm"] == pytest.approx(norm, rel=1e-4)
+        assert record["grad_norm_clipped"] == pytest.approx(applied_norm, rel=1e-4)
+        assert record["clip_fraction"] == (1.0 if scale < 1 else 0.0)
+
+
+def test_clip_norm_is_sampled_by_a_sweep_into_the_trial_settings():
     exp = validate({"sweep": {"space": {"train.clip_norm": {"low": 0.1, "high": 10.0, "log": True}}}})
-    assert "train.clip_norm" in exp.sweep.space
-    assert exp.with_values({"train.clip_norm": 0.5}).train.clip_norm == 0.5
     assert TrainSettings().clip_norm is None  # off unless set
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = []
+    for _ in range(8):
+        values = suggest(study.ask(), exp)
+        assert set(values) == {"train.clip_norm"}
+        clip_norm = exp.with_values(values).train.clip_norm
+        assert clip_norm == values["train.clip_norm"] and 0.1 <= clip_norm <= 10.0
+        sampled.append(clip_norm)
+    assert len(set(sampled)) == 8 and min(sampled) < 1 < max(sampled)  # a log range: both decades
+    for bad in (0, -1.0):
+        with pytest.raises(HarnessError, match=r"train\.clip_norm"):
+            exp.with_values({"train.clip_norm": bad})
