@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,14 +28,16 @@ def test_list_archs_and_tasks(capsys):
     for name in ("rnn", "lstm", "gru", "brnn", "bilstm", "bigru", "seed-lstm", "mlp"):
         assert any(line.split()[0] == name for line in out.splitlines()), name
     assert main(["list", "tasks"]) == 0
-    assert "mnist1d" in capsys.readouterr().out
+    tasks = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert tasks == sorted(tasks) and {"mnist1d", "mnist1d-generate", "adding", "copy"} <= set(tasks)
     assert main(["list", "archs", "*gru"]) == 0
     assert capsys.readouterr().out.split() [0] == "bigru"
 
 
 def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
     assert main(["run", QUICK, "--arch", "gru", *SMALL]) == 0
-    assert "gru on mnist1d" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gru on mnist1d" in out
     client = MlflowClient()
     exp = client.get_experiment_by_name("quickstart")
     (run,) = client.search_runs([exp.experiment_id])
@@ -43,7 +46,8 @@ def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
     assert run.data.tags["harness.role"] == "run"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps == [1, 2]
-    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+    printed = float(re.search(r"test accuracy (\d\.\d+)", out)[1])
+    assert printed == pytest.approx(run.data.metrics["test_accuracy"], abs=5e-5) and run.info.run_id in out
 
 
 @pytest.mark.slow
