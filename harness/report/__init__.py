@@ -2,11 +2,12 @@
 
 Reads only what tracking wrote (never a sweep's memory) and imports no torch: families and the
 metric's direction come from each run's params (`arch_family`, `task_metric_direction`). The
-report answers, per architecture: how well (best search trial by validation, its test metric,
-and mean ± 95% CI over the final re-runs with fresh seeds), how fast (training and inference
-speed, share of the device's matmul peak), and why not (pruned and failed trials with their
-reasons, the gradient-through-time ratio that shows vanishing or exploding gradients).
-`runs` reads MLflow, `tables` and `plots` render, this module writes the markdown.
+report answers, per architecture: how well (the final runs' test metric with a bootstrap interval
+over seeds and test examples, and a paired, Holm-corrected test against the best), how fast
+(training and inference speed, share of the device's matmul peak), and why not (budget-limited
+runs, edges of the search space, pruned and failed trials with their reasons, the
+gradient-through-time ratio that shows vanishing or exploding gradients). `runs` reads MLflow,
+`stats` computes, `tables` and `plots` render, this module writes the markdown.
 """
 
 from __future__ import annotations
