@@ -12,6 +12,7 @@ import copy
 import warnings
 
 import optuna
+from mlflow.utils import get_results_from_paginated_fn
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.sweep import optuna_private, workers
@@ -74,10 +75,11 @@ def fail_lost_trials(study: optuna.Study) -> list[int]:
 
 
 def close_orphan_runs(client, exp_id: str, study: optuna.Study) -> int:
-    """End RUNNING runs of the study nobody runs any more: trial runs whose Optuna trial is not
-    RUNNING, final runs whose process on this machine is gone."""
-    runs = client.search_runs([exp_id], f"attributes.status = 'RUNNING' and tags.`harness.study` = '{study.study_name}'",
-                              max_results=5000)
+    """End RUNNING runs of the study nobody runs any more: trial and seed runs whose Optuna trial
+    is not RUNNING, final runs whose process on this machine is gone."""
+    filt = f"attributes.status = 'RUNNING' and tags.`harness.study` = '{study.study_name}'"
+    runs = get_results_from_paginated_fn(
+        lambda n, token: client.search_runs([exp_id], filt, max_results=n, page_token=token), 1000)
     # Trial states read after the runs: a run seen above belongs to a trial that exists by now.
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     n = 0
