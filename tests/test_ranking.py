@@ -185,3 +185,13 @@ def test_a_run_keeps_each_test_examples_metric(workdir, capsys):
     values = np.load(client.download_artifacts(r.info.run_id, "test_per_example.npy", str(workdir)))
     assert values.shape == (359,) and set(np.unique(values)) <= {0.0, 1.0}  # digits: 359 test images, right or wrong
     assert values.mean() == pytest.approx(r.data.metrics["test_accuracy"], abs=1e-6)
+
+
+def test_a_grid_gives_each_architecture_its_own_values(tiny, workdir):
+    exp = load(tiny, "sweep.sampler='grid'", "sweep.n_trials=10", "sweep.repeat=0",
+               "sweep.space={'model.arch' = ['rnn', 'gru']}",
+               "sweep.space_by_arch={rnn = {'train.lr' = [0.001, 0.003]}, gru = {'train.lr' = [0.01]}}")
+    outcome = run(exp, progress=False)
+    assert sorted((t.params["model.arch"], t.params["train.lr"]) for t in outcome.study.trials) == [
+        ("gru", 0.01), ("rnn", 0.001), ("rnn", 0.003)]  # 3 points, not 2 × 3
+    assert all(t.state == TrialState.COMPLETE for t in outcome.study.trials)

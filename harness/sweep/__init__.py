@@ -55,7 +55,7 @@ from harness.sweep.pareto import tag_pareto
 from harness.sweep.pool import quiet_optuna, run_pool, work
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
-from harness.sweep.space import check_models, edges, grid_size, make_pruner, make_sampler
+from harness.sweep.space import check_models, edges, make_pruner, make_sampler
 from harness.sweep.storage import machine_lock, make_storage, masked, resolve_storage
 from harness.tasks import load_task
 from harness.tracking import find_runs, get_client, set_tags, study_run
@@ -154,7 +154,8 @@ def run(
         if exp.sweep.sampler == "grid":
             with machine_lock(url):  # commands starting together on this machine queue each point once
                 grid.enqueue_missing(study, exp)
-        caps = [c for c in (exp.sweep.n_trials, grid_size(exp)) if c is not None]
+        grid_size = len(grid.all_points(exp)) if exp.sweep.sampler == "grid" else None
+        caps = [c for c in (exp.sweep.n_trials, grid_size) if c is not None]
         plan = Plan(
             exp=exp, objectives=objs, storage=url, exp_id=exp_id, parent_run=parent, n_trials=min(caps) if caps else None,
             deadline=time.time() + exp.sweep.timeout if exp.sweep.timeout else None, n_existing=len(study.trials),

@@ -21,12 +21,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment
 from harness.sweep.counting import SURPLUS, ended
+from harness.sweep.space import arch_choices
+
+
+def all_points(exp: Experiment) -> list[dict]:
+    """Every point of the grid: per architecture, the product of the shared dimensions and that
+    architecture's own (`space_by_arch`), so each family can have its own learning rates."""
+    space = exp.sweep.space
+    shared = {k: s.choices for k, s in space.items() if k != "model.arch"}
+    grid = []
+    for arch in arch_choices(exp):
+        dims = {**({"model.arch": [arch]} if "model.arch" in space else {}), **shared,
+                **{k: s.choices for k, s in exp.sweep.space_by_arch.get(arch, {}).items()}}
+        grid += [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
+    return grid
 
 
 def points(exp: Experiment) -> list[dict]:
-    """The grid's points (`n_trials` of them when it is smaller), in an order fixed by `sweep.seed`."""
-    space = exp.sweep.space
-    grid = [dict(zip(space, values, strict=True)) for values in itertools.product(*(s.choices for s in space.values()))]
+    """The points the study runs (`n_trials` of them when it is smaller), in an order fixed by `sweep.seed`."""
+    grid = all_points(exp)
     random.Random(exp.sweep.seed or 0).shuffle(grid)
     return grid[: exp.sweep.n_trials] if exp.sweep.n_trials else grid
 

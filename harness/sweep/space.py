@@ -45,6 +45,11 @@ def suggest(trial: optuna.Trial, exp: Experiment) -> dict:
         if key != "model.arch":
             values[key] = _one(trial, key, spec)
     for key, spec in exp.sweep.space_by_arch.get(arch, {}).items():
+        if exp.sweep.sampler == "grid":
+            # Optuna wants one distribution per name in a study: a grid's trials carry fixed values,
+            # so every architecture's key offers the union of all their values.
+            union = dict.fromkeys(v for by in exp.sweep.space_by_arch.values() if key in by for v in by[key].choices)
+            spec = ParamSpec(choices=list(union))
         values[key] = _one(trial, key, spec)
     return values
 
@@ -60,12 +65,6 @@ def check_models(exp: Experiment, task: Task) -> None:
                      seq_len=task.seq_len, **exp.model.overrides())
 
 
-def grid_size(exp: Experiment) -> int | None:
-    if exp.sweep.sampler != "grid":
-        return None
-    return math.prod(len(v.choices) for v in exp.sweep.space.values() if v.choices)
-
-
 def make_sampler(exp: Experiment, multi: bool, seed: int | None = None) -> optuna.samplers.BaseSampler:
     s = exp.sweep.sampler
     with warnings.catch_warnings():
@@ -77,8 +76,9 @@ def make_sampler(exp: Experiment, multi: bool, seed: int | None = None) -> optun
         if s == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         if s == "grid":
-            if any(v.choices is None for v in exp.sweep.space.values()) or exp.sweep.space_by_arch:
-                raise HarnessError("sweep.sampler: 'grid' needs every sweep.space entry as a list of choices (and no space_by_arch)")
+            specs = [*exp.sweep.space.values(), *(s for by in exp.sweep.space_by_arch.values() for s in by.values())]
+            if any(v.choices is None for v in specs):
+                raise HarnessError("sweep.sampler: 'grid' needs every sweep.space and space_by_arch entry as a list of choices")
             # A grid study samples nothing: its points are queued trials (harness.sweep.grid).
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, multivariate=not multi, group=not multi)
