@@ -2,10 +2,10 @@
 
 Same process, same experiment (same seed, so the same model and data), run alternately:
 
-  off   `fit(...)` with no gradient statistics and no MLflow: the loop alone
+  off   `fit(...)` with no gradient statistics, no gradient-flow measurement and no MLflow: the loop alone
   on    `run_trial(exp, [MlflowRun(...)])` with everything the defaults turn on: an MLflow run in a fresh
-        SQLite store, per-epoch metrics, gradient statistics at the default cadence (the
-        ∂L/∂h_t probe included), MLflow's system metrics, artifacts and checkpoint
+        SQLite store, per-epoch metrics, gradient statistics at the default cadence, MLflow's
+        system metrics, the gradient-flow measurement after training, artifacts and checkpoint
 
 Three throughputs per run, all over epochs 2..E (epoch 1 holds warm-up):
   loop  the loop's own `train_samples_per_s` (training steps only), median over epochs
@@ -90,7 +90,7 @@ def run_off(exp) -> tuple[float, float, float]:
 
     task, model = build(exp)
     STAMPS.clear()
-    result = fit(model, task, exp.train, device=resolve_device(exp.train.device), callbacks=[stamp()])
+    result = fit(model, task, exp.train, device=resolve_device(exp.train.device), callbacks=[stamp()], gradflow=False)
     return throughputs(result.history, len(task.x_train))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # type names only: this module imports no torch
+    from harness.gradflow import GradFlow
     from harness.gradients import GradStats
 
 
@@ -41,6 +42,7 @@ class TrialResult:
     train_time_s: float = 0.0  # time in training steps only (no evaluation)
     total_time_s: float = 0.0
     speed: dict[str, float] = field(default_factory=dict)  # latency, memory, FLOP rate (harness.speed)
+    gradflow: GradFlow | None = None  # the chosen checkpoint's gradient flow (harness.gradflow)
 
     def final_metrics(self) -> dict[str, float]:
         m = self.metric
@@ -56,6 +58,7 @@ class TrialResult:
             "train_samples_per_s": self.history[-1]["train_samples_per_s"] if self.history else math.nan,
             "total_time_s": self.total_time_s,
             **self.speed,
+            **(self.gradflow.metrics() if self.gradflow is not None else {}),
         }
 
 

@@ -74,13 +74,13 @@ class TrackingSettings(_Section):
     """`[tracking]`: what a run records besides its metrics (keys: docs/run-metrics.md)."""
 
     # Optimiser steps between gradient-statistics records (the first step always records);
-    # 0 turns them off; unset: 100 on CPU, 500 on GPU, where the probe's step-by-step
-    # recurrence costs more against the fused kernels (keeps the probe near 1% of the time).
+    # 0 turns them off; unset: 100 on CPU, 500 on GPU (harness.gradients.default_every).
     grad_stats_every: int | None = Field(default=None, ge=0)
     checkpoint: bool = True  # the chosen epoch's state_dict as checkpoint.pt
     settings_file: bool = True  # the resolved experiment as settings.json
     learning_curve: bool = True  # learning_curve.png
-    grad_profile: bool = True  # ‖∂L/∂h_t‖ over steps as grad_profile.csv and .png
+    # Gradient flow through time at the chosen checkpoint: gradflow_* metrics, gradflow.csv/.png
+    gradflow: bool = True
     test_per_example: bool = True  # each test example's metric as test_per_example.npy (the report's bootstrap)
     system_metrics: bool = True  # MLflow's own system/* metrics (CPU, memory, disk, network, GPU)
     system_metrics_interval: float = Field(default=10.0, gt=0)  # seconds between samples

@@ -1,39 +1,24 @@
-"""Gradient statistics: global and per-layer norms, clipping, non-finite checks, and the
-per-time-step profile ‖∂L/∂h_t‖ of the top recurrent layer.
+"""Gradient statistics during training: global and per-layer norms, clipping, non-finite checks.
 
 Every optimiser step the loop takes `grad_norm` (the clip needs it anyway) and hands it to a
 `FiniteCheck`, which stops training with `Diverged` at the first non-finite loss or gradient.
 A `GradStats` given to the loop records, on the first step and every `every`-th step after:
+`grad_norm` (global L2 norm before clipping), `grad_norm_clipped` (after), `clip_fraction`
+(share of the optimiser steps since the previous record whose norm exceeded `clip_norm`),
+`grad_nonfinite` (count of NaN/inf gradient entries), `grad_norm/<group>` per layer
+(`rnn.layer0`, `head`, …: one group per module, per layer for recurrent modules).
 
-- `grad_norm` (global L2 norm before clipping), `grad_norm_clipped` (after), `clip_fraction`
-  (share of the optimiser steps since the previous record whose norm exceeded `clip_norm`),
-  `grad_nonfinite` (count of NaN/inf gradient entries), `grad_norm/<group>` per layer
-  (`rnn.layer0`, `head`, …: one group per module, per layer for recurrent modules);
-- the profile: on a record step the loop's forward is `model(x, return_hidden=True)` and every
-  h_t of the top recurrent layer keeps its gradient (`retain_grad`), so the step's one backward
-  gives the parameter gradients and the full ∂L/∂h_t through time. ‖∂L/∂h_t‖ is the Frobenius
-  norm, over batch and units, of the gradient of the batch's mean loss. Models without
-  `return_hidden` (or returning no states) record no profile.
-- `grad_vanish_ratio` = ‖∂L/∂h_first‖ ÷ ‖∂L/∂h_last‖ in the order the direction reads the
-  sequence (forward: h_1 ÷ h_T; a bidirectional model's reverse direction:
-  h_T ÷ h_1, logged as `grad_vanish_ratio_reverse`). Many-to-one: the loss reads only the last
-  state, so this is how much gradient survives the whole sequence (≪ 1: vanishing, ≫ 1:
-  exploding). Many-to-many / one-to-many: h_1 also receives its own output's gradient, so the
-  ratio compares the earliest state's total gradient with the last state's, which is direct only
-  (when the loss ignores early steps, as in `copy`, it again measures survival over time).
-  One-to-one: one step, ratio 1.
-
+It only reads the gradients the step's plain forward and backward produced: the loop's
+arithmetic is the same with statistics on or off, so are the weights (bit for bit on the CPU).
+How gradients flow through time is measured once, after training: harness.gradflow.
 Recorded values stay on the device until `drain()` (at epoch ends), so recording never makes
 the host wait for the device.
 """
 
 from __future__ import annotations
 
-import csv
-import inspect
 import math
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,14 +27,11 @@ from harness.errors import Diverged
 
 __all__ = ["Diverged", "FiniteCheck", "GradStats", "clip_", "default_every", "grad_norm"]
 
-DIRECTIONS = ("forward", "reverse")
-
 
 def default_every(device: torch.device) -> int:
-    """Record cadence when unset. A record step runs the recurrence one step at a time and
-    costs up to ~2.4× a fused step on CPU (LSTM, measured; RNN/GRU ~1.1×), so every 100th
-    step keeps it near 1% of training time; against cuDNN the unrolled step costs several
-    to tens of fused steps (one kernel launch per op and time step), hence 500 on a GPU."""
+    """Record cadence when unset: a record takes one norm per parameter tensor and a few
+    reductions (kernel launches on a GPU, hence sparser there). The values are the ones chosen
+    when a record step also unrolled the recurrence, kept so that existing runs stay comparable."""
     return 100 if device.type == "cpu" else 500
 
 
@@ -102,14 +84,6 @@ class FiniteCheck:
         return Diverged(*bad, "loss or gradient") if bad else None
 
 
-def takes_hidden(model: nn.Module) -> bool:
-    """Whether `model(x, return_hidden=True)` is part of the model's forward (see harness.archs)."""
-    try:
-        return "return_hidden" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def group_of(model: nn.Module, name: str) -> str:
     """A parameter's layer: its module's path, plus `.layer<k>` inside a recurrent module."""
     path, _, leaf = name.rpartition(".")
@@ -135,31 +109,18 @@ class GradStats:
         self.keys = ["grad_norm", "grad_norm_clipped", "clip_fraction", "grad_nonfinite"]
         self.keys += [f"grad_norm/{g}" for g in self.groups]
         self._group_index: list[int] | torch.Tensor = [self.groups.index(g) for g in groups]
-        self._hidden = takes_hidden(model)
         self._norms: list[torch.Tensor] = []  # every step's norm since the last record (for clip_fraction)
-        self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = []
-        self.profile: list[tuple[int, int, str, list[float]]] = []  # (step, epoch, direction, ‖∂L/∂h_t‖ for t = 1..T)
+        self._pending: list[tuple[int, torch.Tensor]] = []
 
     def due(self, step: int) -> bool:
         return step == 1 or step % self.every == 0
-
-    def forward(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list | None]:
-        """The record step's forward: output and the top layer's states, which keep their grads."""
-        if not self._hidden:
-            return model(x), None
-        out, hidden = model(x, return_hidden=True)
-        for states in hidden:
-            for h in states:
-                if h.requires_grad:
-                    h.retain_grad()
-        return out, hidden
 
     def observe(self, norm: torch.Tensor) -> None:
         """Every optimiser step: keep its gradient norm (no device work until the record)."""
         if self.clip_norm is not None:
             self._norms.append(norm)
 
-    def record(self, step: int, epoch: int, norm: torch.Tensor, hidden: list | None) -> None:
+    def record(self, step: int, norm: torch.Tensor) -> None:
         """After backward, before clipping: keep this step's statistics (on the device)."""
         device = norm.device
         grads = [p.grad for p in self.params]
@@ -179,81 +140,14 @@ class GradStats:
         # float32 throughout: MPS has no float64, and the gradients themselves are float32
         head = torch.stack([norm, clipped, fraction, nonfinite]).float()
         values = torch.cat([head, groups])
-        self._pending.append((step, epoch, values, self._profile(hidden)))
+        self._pending.append((step, values))
         self._norms = []
 
-    @staticmethod
-    def _profile(hidden: list | None) -> torch.Tensor | None:
-        """(directions, T): ‖∂L/∂h_t‖ of each direction's states."""
-        if not hidden or not hidden[0]:
-            return None
-        rows = []
-        for states in hidden:
-            g = torch.stack([h.grad if h.grad is not None else torch.zeros_like(h) for h in states])
-            rows.append(g.detach().flatten(1).float().norm(dim=1))
-        return torch.stack(rows)
-
     def drain(self) -> list[tuple[int, dict[str, float]]]:
-        """The records since the last drain as (step, metrics), read from the device at once;
-        their profiles join `self.profile`."""
+        """The records since the last drain as (step, metrics), read from the device at once."""
         if not self._pending:
             return []
-        flat = torch.cat([t.flatten() for *_, v, p in self._pending for t in (v, p) if t is not None]).tolist()
-        out, i = [], 0
-        for step, epoch, values, prof in self._pending:
-            rec = dict(zip(self.keys, flat[i : i + len(values)], strict=True))
-            i += len(values)
-            if prof is not None:
-                n_dir, steps = prof.shape
-                for d in range(n_dir):
-                    row = flat[i : i + steps]
-                    i += steps
-                    self.profile.append((step, epoch, DIRECTIONS[d], row))
-                    first, last = (row[0], row[-1]) if d == 0 else (row[-1], row[0])
-                    if last > 0:
-                        rec["grad_vanish_ratio" + ("_reverse" if d else "")] = first / last
-            out.append((step, rec))
+        rows = torch.stack([v for _, v in self._pending]).tolist()  # one read
+        out = [(step, dict(zip(self.keys, row, strict=True))) for (step, _), row in zip(self._pending, rows, strict=True)]
         self._pending = []
         return out
-
-    def write_profile(self, folder: Path) -> list[Path]:
-        """grad_profile.csv (one row per record and direction, columns t1..tT) and a heat map."""
-        if not self.profile:
-            return []
-        folder = Path(folder)
-        steps = len(self.profile[0][3])
-        csv_path = folder / "grad_profile.csv"
-        with csv_path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "epoch", "direction", *(f"t{t}" for t in range(1, steps + 1))])
-            for step, epoch, direction, row in self.profile:
-                w.writerow([step, epoch, direction, *(f"{v:.6g}" for v in row)])
-        return [csv_path, plot_profile(self.profile, folder / "grad_profile.png")]
-
-
-def plot_profile(profile: list[tuple[int, int, str, list[float]]], path: Path) -> Path:
-    """Heat map of log10 ‖∂L/∂h_t‖: time step across, optimiser step down, one panel per direction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    directions = list(dict.fromkeys(d for _, _, d, _ in profile))
-    fig, axes = plt.subplots(1, len(directions), figsize=(5.5 * len(directions), 4), squeeze=False)
-    for ax, direction in zip(axes[0], directions, strict=True):
-        rows = [(s, r) for s, _, d, r in profile if d == direction]
-        data = np.log10(np.maximum(np.array([r for _, r in rows]), 1e-30))
-        steps = [s for s, _ in rows]
-        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis",
-                       extent=(0.5, data.shape[1] + 0.5, len(steps) - 0.5, -0.5))
-        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
-        ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
-        ax.set_xlabel("time step t")
-        ax.set_ylabel("optimiser step")
-        ax.set_title(f"log10 ‖∂L/∂h_t‖ ({direction})")
-        fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

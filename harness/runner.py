@@ -56,4 +56,4 @@ def run_trial(
     every = exp.tracking.grad_stats_every
     every = default_every(dev) if every is None else every
     stats = GradStats(model, every=every, clip_norm=exp.train.clip_norm) if every else None
-    return fit(model, task, exp.train, device=dev, callbacks=callbacks, grad_stats=stats)
+    return fit(model, task, exp.train, device=dev, callbacks=callbacks, grad_stats=stats, gradflow=exp.tracking.gradflow)

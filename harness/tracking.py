@@ -15,9 +15,11 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
   `harness.git_commit` (also as `mlflow.source.git.commit`), `torch_version`, `device`,
   `split_hash.<split>`;
 - metrics: per epoch (step = epoch), gradient statistics (step = optimiser step), final ones
-  (step 0), and MLflow's own `system/*` metrics;
-- artifacts: settings.json, learning_curve.png, grad_profile.csv/.png, checkpoint.pt,
-  test_per_example.npy (each test example's metric, float32, in test-split order).
+  (step 0: the test split, speeds, the chosen checkpoint's `gradflow_rate[_bwd][_iqr]`), and
+  MLflow's own `system/*` metrics;
+- artifacts: settings.json, learning_curve.png, gradflow.csv/.png (the chosen checkpoint's
+  gradient flow, harness.gradflow), checkpoint.pt, test_per_example.npy (each test example's
+  metric, float32, in test-split order).
 
 Metrics are buffered and written in one batch at most every `FLUSH_S` seconds and when the run
 ends, never per optimiser step.
@@ -47,7 +49,8 @@ from harness.archs import arch_info
 from harness.callbacks import Callback, FitStart, TrialResult
 from harness.config import Experiment, TrackingSettings, tracking_uri
 from harness.errors import Diverged, Pruned
-from harness.gradients import GradStats
+from harness.gradflow import GradFlow
+from harness.gradflow import write as write_gradflow
 from harness.tasks import Task, task_defaults
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
@@ -250,7 +253,7 @@ def learning_curve(history: list[dict[str, float]], metric: str, best_epoch: int
 
 def write_artifacts(
     client: MlflowClient, run_id: str, exp: Experiment, *, metric: str, history: list[dict[str, float]],
-    best_epoch: int, stats: GradStats | None, model: torch.nn.Module | None, test_per_example: list[float] = (),
+    best_epoch: int, flow: GradFlow | None, model: torch.nn.Module | None, test_per_example: list[float] = (),
 ) -> None:
     """The run's files, each as its `[tracking]` setting asks; `model` None: no checkpoint."""
     cfg = exp.tracking
@@ -260,8 +263,8 @@ def write_artifacts(
             (folder / "settings.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
         if cfg.learning_curve and history:
             learning_curve(history, metric, best_epoch, folder / "learning_curve.png")
-        if cfg.grad_profile and stats is not None:
-            stats.write_profile(folder)
+        if flow is not None:  # measured only when `tracking.gradflow` is on
+            write_gradflow(flow, folder)
         if cfg.checkpoint and model is not None:
             # load with torch.load(path, weights_only=True): plain tensors only, no pickled code
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "checkpoint.pt")
@@ -340,7 +343,7 @@ class MlflowRun(Callback):
     def _write(self, result: TrialResult, model: torch.nn.Module | None) -> None:
         self.buffer.flush(force=True)
         write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
-                        best_epoch=result.best_epoch if model is not None else 0, stats=self.start.grad_stats, model=model,
+                        best_epoch=result.best_epoch if model is not None else 0, flow=result.gradflow, model=model,
                         test_per_example=result.test_per_example if model is not None else ())
 
     def _end(self, tags: dict[str, Any], status: str) -> None:

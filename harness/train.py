@@ -2,11 +2,13 @@
 
 `fit` trains a model on a task's tensors, evaluates validation every epoch, stops early after
 `train.patience` epochs without improvement (`train.epochs` is the cap), restores the epoch the
-validation metric chose, measures the test split once at the end, then the model's
-inference latency and the run's memory and FLOP rate (`harness.speed`). It imports neither
-Optuna nor MLflow: whoever watches a run passes `Callback`s (harness.callbacks), which may raise
-`Pruned` to stop it, and optionally a `GradStats` (harness.gradients) that records gradient
-statistics on its steps. A non-finite loss or gradient raises `Diverged` (see `FiniteCheck`).
+validation metric chose, measures its gradient flow through time on a fixed validation batch
+(harness.gradflow), then the test split once, the model's inference latency and the run's
+memory and FLOP rate (`harness.speed`). It imports neither Optuna nor MLflow: whoever watches a
+run passes `Callback`s (harness.callbacks), which may raise `Pruned` to stop it, and optionally
+a `GradStats` (harness.gradients) that records gradient statistics on its steps; every step,
+recorded or not, runs the same plain forward. A non-finite loss or gradient raises `Diverged`
+(see `FiniteCheck`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from harness import gradflow as flow
 from harness import speed
 from harness.archs import count_params, model_flops
 from harness.callbacks import Callback, FitStart, TrialResult
@@ -83,11 +86,12 @@ def fit(
     device: torch.device,
     callbacks: Sequence[Callback] = (),
     grad_stats: GradStats | None = None,
+    gradflow: bool = True,
 ) -> TrialResult:
     """Train, select the best validation epoch, test once; tell `callbacks` as it goes (see
     harness.callbacks). Raises `Diverged` on NaN/inf, and whatever a callback raised, after
-    every callback's `on_fit_failure`. `grad_stats` records on its steps (its probe forward then
-    replaces the plain one: same output, every h_t kept).
+    every callback's `on_fit_failure`. `grad_stats` records on its steps without changing them;
+    `gradflow`: measure the chosen checkpoint's gradient flow into `result.gradflow`.
     """
     start = time.perf_counter()
     model.to(device)
@@ -100,7 +104,7 @@ def fit(
     try:
         for cb in callbacks:
             cb.on_fit_start(begin)
-        _train(model, task, cfg, device, callbacks, grad_stats, result)
+        _train(model, task, cfg, device, callbacks, grad_stats, result, gradflow)
         result.total_time_s = time.perf_counter() - start
         # the device's matmul peak is measured here, after the run, outside its total time
         result.speed |= speed.training_speed(result.flops_per_sample, result.history[-1]["train_samples_per_s"], device)
@@ -126,7 +130,7 @@ def _grad_records(grad_stats: GradStats | None, callbacks: Sequence[Callback]) -
 
 
 def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.device, callbacks: Sequence[Callback],
-           grad_stats: GradStats | None, result: TrialResult) -> None:
+           grad_stats: GradStats | None, result: TrialResult, gradflow: bool) -> None:
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
@@ -145,8 +149,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
             step += 1
             idx = order[i : i + cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
-            probing = grad_stats is not None and grad_stats.due(step)
-            out, hidden = grad_stats.forward(model, xb) if probing else (model(xb), None)
+            out = model(xb)
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,8 +157,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
             if grad_stats is not None:
                 grad_stats.observe(norm)
             failure = check.update(epoch, step, loss, norm)
-            if grad_stats is not None and (probing or (failure is not None and failure.step == step)):
-                grad_stats.record(step, epoch, norm, hidden)
+            if grad_stats is not None and (grad_stats.due(step) or (failure is not None and failure.step == step)):
+                grad_stats.record(step, norm)
             if failure is not None:
                 raise failure
             if cfg.clip_norm is not None:
@@ -192,6 +195,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
             break
     result.budget_limited = not result.stopped_early and result.best_epoch > result.epochs_run - window
     model.load_state_dict(best_state)
+    if gradflow:  # on the chosen weights, before the test split is looked at
+        result.gradflow = flow.measure(model, *flow.fixed_batch(task), task.loss_fn, device)
     result.test_loss, result.test_metric = evaluate(model, task, "test", device, cfg.eval_batch_size)
     result.test_per_example = per_example(model, task, "test", device, cfg.eval_batch_size)
     result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device)

@@ -1,5 +1,5 @@
 """The architecture registry: every name × every io, the custom Elman recurrence against
-`nn.RNN`, the gradient-through-time probe, parameter and FLOP counts, plug-ins, bad input."""
+`nn.RNN`, the states handed out for gradient flow, parameter and FLOP counts, plug-ins, bad input."""
 
 from __future__ import annotations
 
@@ -82,31 +82,43 @@ def test_return_hidden_gives_the_fused_output_and_top_layer_states(name, io):
     stacked = {"num_layers": 2} if "num_layers" in archs.model_options(get_model_fn(name)) else {}
     model = build(name, io, **stacked).eval()
     x = batch(io)
-    y, hidden = model(x, return_hidden=True)
+    y, states = model(x, return_hidden=True)
     torch.testing.assert_close(y, model(x))
     if name == "mlp":
-        assert hidden == []
+        assert states == []
         return
     steps = 1 if io == "one-to-one" else T
-    assert len(hidden) == directions(model) and all(len(hs) == steps for hs in hidden)
-    assert all(h.shape == (B, H) and h.requires_grad for hs in hidden for h in hs)
-    # They are the top layer's states h_1..h_T as the fused module computes them (not a lower
-    # layer's, not shifted in time), each direction in its own list.
+    lstm = "lstm" in name
+    assert len(states) == directions(model) and all(len(ss) == steps for ss in states)
+    assert all(len(s) == (2 if lstm else 1) for ss in states for s in ss)  # (h_t, c_t) or (h_t,)
+    assert all(t.shape == (B, H) and t.requires_grad for ss in states for s in ss for t in s)
+    # They are the top layer's states as the fused module computes them (not a lower layer's,
+    # not shifted in time), each direction in its own list; an LSTM's c_t ends at the fused c_T.
     seq = as_sequence(x, io, T)
     with torch.no_grad():
-        top = model.lstm2(model.drop(model.lstm1(seq)[0]))[0] if name == "seed-lstm" else model.rnn(seq)[0]
-    torch.testing.assert_close(torch.cat([torch.stack(hs, 1) for hs in hidden], -1), top)
+        top = model.lstm2 if name == "seed-lstm" else model.rnn
+        out, final = top(model.drop(model.lstm1(seq)[0]) if name == "seed-lstm" else seq)
+    torch.testing.assert_close(torch.cat([torch.stack([s[0] for s in ss], 1) for ss in states], -1), out)
+    if lstm:  # c_n of the top layer: forward's last step, backward's first (the one it computes last)
+        c_n = final[1][-directions(model):]
+        torch.testing.assert_close(states[0][-1][1], c_n[0])
+        if directions(model) == 2:
+            torch.testing.assert_close(states[1][0][1], c_n[1])
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "mlp"])
-def test_the_probe_sees_gradients_through_time_in_many_to_one(name):
-    """Only h_T feeds the loss directly; every earlier ∂L/∂h_t arrives through time."""
+def test_the_states_get_gradients_through_time_in_many_to_one(name):
+    """Only h_T feeds the loss directly; every earlier ∂L/∂h_t (and ∂L/∂c_t) arrives through time."""
     model = build(name, "many-to-one").eval()
-    y, hidden = model(batch("many-to-one"), return_hidden=True)
-    grads = torch.autograd.grad(y.sum(), [h for hs in hidden for h in hs])
+    y, states = model(batch("many-to-one"), return_hidden=True)
+    hs = [s[0] for ss in states for s in ss]
+    grads = torch.autograd.grad(y.sum(), hs, retain_graph=True)
     assert all(g.abs().sum() > 0 for g in grads)
     if name in ("rnn", "lstm", "gru"):  # ∂(Σy)/∂h_T is the head's weight, summed over outputs
         torch.testing.assert_close(grads[-1], model.head.weight.sum(0).expand(B, H))
+    if "lstm" in name:  # the memory carries gradient too, at every step the next step reads
+        cs = [s[1] for s in states[0][:-1]]
+        assert all(g.abs().sum() > 0 for g in torch.autograd.grad(y.sum(), cs))
 
 
 def _fused(kind: str, **kw) -> nn.RNNBase:
@@ -128,7 +140,8 @@ def test_unroll_matches_the_fused_module_on_outputs_and_gradients(kind):
         results.append([out, *torch.autograd.grad(out.sin().sum(), [x, *rnn.parameters()])])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
-    assert len(unroll(rnn, x)[1]) == 2
+    states = unroll(rnn, x)[1]
+    assert len(states) == 2 and all(len(s) == (2 if kind == "lstm" else 1) for ss in states for s in ss)
 
 
 # --- the custom Elman recurrence -------------------------------------------------------------

@@ -19,7 +19,7 @@ FAMILY = {"lstm": "LSTM", "rnn": "RNN", "bigru": "BRNN"}  # what the registry lo
 
 
 def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None, test=None, speed=None, seed=0,
-         number=None, limited=None, **extra_tags):
+         number=None, limited=None, flow=None, **extra_tags):
     run = client.create_run(exp_id, run_name=name)
     rid = run.info.run_id
     tags = {"harness.role": role, "harness.study": "s", "harness.state": state, **extra_tags}
@@ -28,7 +28,7 @@ def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None
     if number is not None:
         params["trial_number"] = number
     metrics = {k: v for k, v in {"best_val_accuracy": val, "test_accuracy": test, "train_samples_per_s": speed,
-                                 "budget_limited": limited}.items() if v is not None}
+                                 "budget_limited": limited, **(flow or {})}.items() if v is not None}
     client.log_batch(rid, metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
     if val is not None:
@@ -46,11 +46,13 @@ def study(workdir):
     client.create_run(exp_id, run_name="s", tags={"harness.role": "study", "harness.study": "s",
                                                   "harness.edges": "rnn: best train.lr = 0.01 is the highest of [0.001, 0.01]"})
     _run(client, exp_id, "lstm-#0", arch="lstm", val=0.90, test=0.88, speed=1000.0, number=0)
-    _run(client, exp_id, "lstm-#1", arch="lstm", val=0.95, test=0.91, speed=900.0, number=1)
+    _run(client, exp_id, "lstm-#1", arch="lstm", val=0.95, test=0.91, speed=900.0, number=1,
+         flow={"gradflow_rate": -0.0512345, "gradflow_rate_iqr": 0.01})
     _run(client, exp_id, "lstm-#2", arch="lstm", state="pruned", number=2)
     _run(client, exp_id, "rnn-#3", arch="rnn", val=0.50, test=0.52, speed=3000.0, number=3)
     _run(client, exp_id, "rnn-#4", arch="rnn", state="failed", number=4, **{"harness.failure": "diverged"})
-    _run(client, exp_id, "bigru-#5", arch="bigru", val=0.97, test=0.93, speed=400.0, number=5)
+    _run(client, exp_id, "bigru-#5", arch="bigru", val=0.97, test=0.93, speed=400.0, number=5,
+         flow={"gradflow_rate": -0.4, "gradflow_rate_bwd": -1.23456e-5})
     source = {"lstm": 1, "rnn": 3, "bigru": 5}
     for arch, values in FINALS.items():  # finals never count as search trials
         for i, v in enumerate(values):
@@ -80,6 +82,17 @@ def test_search_ranks_architectures_by_their_best_trial_as_a_selection_score(stu
     assert (lstm[5], lstm[-1]) == ("0.95", "lstm-#1")  # best trial's selection score
     assert cells[0][1] == "BRNN" and cells[2][4] == "1"
     assert "selection score (val accuracy)" in text
+
+
+def test_search_shows_each_best_trials_gradient_flow_rate_to_three_figures(study):
+    text = write_report("s").read_text()
+    header = next(line for line in text.split("## Search")[1].splitlines() if line.startswith("| architecture"))
+    names = [c.strip() for c in header.split("|")[1:-1]]
+    rows = {c[0]: dict(zip(names, c, strict=True)) for c in table(text, "Search")}
+    flow = {arch: (row["grad flow rate"], row["grad flow rate (bwd)"]) for arch, row in rows.items()}
+    # lstm's best trial is #1 (not #0); a direction a run did not log, or a run without the metric, is a dash
+    assert flow == {"bigru": ("-0.400", "-1.23e-05"), "lstm": ("-0.0512", "—"), "rnn": ("—", "—")}
+    assert "grad vanish" not in text and "ln‖∂L/∂s_t‖" in text
 
 
 def test_comparison_is_paired_holm_corrected_and_counts_each_seed_once(study):

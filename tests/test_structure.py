@@ -63,7 +63,7 @@ def test_every_module_is_short_and_says_its_job(path):
 
 
 def test_the_loop_knows_neither_optuna_nor_mlflow_and_tracking_does_not_run_it():
-    for name in ("train.py", "runner.py", "callbacks.py", "gradients.py", "speed.py"):
+    for name in ("train.py", "runner.py", "callbacks.py", "gradients.py", "gradflow.py", "speed.py"):
         assert imports_any(PACKAGE / name, "optuna", "mlflow", "harness.sweep", "harness.tracking") == [], name
     assert imports_any(PACKAGE / "tracking.py", "harness.train", "harness.runner", "optuna") == []
 

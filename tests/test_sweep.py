@@ -51,7 +51,7 @@ grad_stats_every = 0
 system_metrics = false
 checkpoint = false
 learning_curve = false
-grad_profile = false
+gradflow = false
 
 [sweep]
 n_trials = 3

@@ -1,13 +1,12 @@
 """What a trial's MLflow run holds, read back from a real SQLite store: every documented key
-with plausible values, the artifacts, failures (diverged, errors, pruned), and the vanishing
-gradient of a tanh RNN against an LSTM, measured through the logged metrics."""
+with plausible values, the artifacts (the chosen checkpoint's gradient flow among them), and
+failures (diverged, errors, pruned)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import statistics
 import subprocess
 from pathlib import Path
 
@@ -20,16 +19,17 @@ from harness.archs import count_params
 from harness.callbacks import Callback
 from harness.config import validate
 from harness.errors import Diverged, Pruned
+from harness.gradflow import fixed_batch, measure
 from harness.runner import build, run_trial
 from harness.tracking import MlflowRun, device_name, experiment_id, get_client, git_commit, study_run
 from harness.train import evaluate
 
 EPOCH_KEYS = {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
-GRAD_KEYS = {"grad_norm", "grad_norm_clipped", "clip_fraction", "grad_nonfinite", "grad_norm/rnn.layer0",
-             "grad_norm/head", "grad_vanish_ratio", "grad_vanish_ratio_reverse"}
+GRAD_KEYS = {"grad_norm", "grad_norm_clipped", "clip_fraction", "grad_nonfinite", "grad_norm/rnn.layer0", "grad_norm/head"}
+GRADFLOW_KEYS = {"gradflow_rate", "gradflow_rate_iqr", "gradflow_rate_bwd", "gradflow_rate_bwd_iqr"}  # a bidirectional model
 FINAL_KEYS = {"test_loss", "test_accuracy", "best_val_accuracy", "best_epoch", "infer_latency_ms_p50",
               "infer_latency_ms_p95", "infer_samples_per_s", "peak_memory_mb", "device_peak_gflops",
-              "train_gflops_per_s", "peak_fraction", "total_time_s"}
+              "train_gflops_per_s", "peak_fraction", "total_time_s", *GRADFLOW_KEYS}
 
 
 def experiment(**sections) -> object:
@@ -114,24 +114,27 @@ def test_trial_run_holds_every_key(workdir):
     # Artifacts.
     folder = Path(client.download_artifacts(run_id, "", str(workdir / "artifacts")))
     assert sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint.pt", "grad_profile.csv", "grad_profile.png", "learning_curve.png", "settings.json", "test_per_example.npy"]
+        "checkpoint.pt", "gradflow.csv", "gradflow.png", "learning_curve.png", "settings.json", "test_per_example.npy"]
     assert validate(json.loads((folder / "settings.json").read_text())) == exp
-    for png in ("grad_profile.png", "learning_curve.png"):
+    for png in ("gradflow.png", "learning_curve.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with (folder / "grad_profile.csv").open() as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["step", "epoch", "direction", *(f"t{i}" for i in range(1, 41))]  # T = 40 columns
-    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [
-        (str(s), "1" if s <= 8 else "2", d) for s in (1, 3, 6, 9, 12, 15) for d in ("forward", "reverse")]
-    # Each logged vanishing ratio is its profile row's, read in the direction's own order.
-    for i, g in enumerate(records):
-        forward, reverse = ([float(v) for v in r[3:]] for r in rows[1 + 2 * i : 3 + 2 * i])
-        assert g["grad_vanish_ratio"] == pytest.approx(forward[0] / forward[-1], rel=1e-4)
-        assert g["grad_vanish_ratio_reverse"] == pytest.approx(reverse[-1] / reverse[0], rel=1e-4)
     # The checkpoint is the chosen epoch's: loaded as plain tensors, it gives the logged test values.
     fresh = build(exp)[1]
     fresh.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=True))
     assert evaluate(fresh, task, "test", torch.device("cpu"), 1024) == pytest.approx((m["test_loss"], m["test_accuracy"]))
+    # The gradient flow logged is that checkpoint's, on the first 256 validation examples: its
+    # rates at step 0 and its profiles, one row per direction's state and one for the input.
+    flow = measure(fresh, *fixed_batch(task), task.loss_fn, torch.device("cpu"))
+    assert {k: m[k] for k in GRADFLOW_KEYS} == pytest.approx(flow.metrics(), rel=1e-9)
+    assert m["gradflow_rate"] < 0 and m["gradflow_rate_bwd"] < 0 < m["gradflow_rate_iqr"]
+    with (folder / "gradflow.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["direction", "quantity", *(f"t{i}" for i in range(1, 41))]  # T = 40 columns
+    expected = {("forward", "state"): flow.state["forward"], ("backward", "state"): flow.state["backward"],
+                ("all", "input"): flow.inputs}
+    assert [tuple(r[:2]) for r in rows[1:]] == list(expected)
+    for r in rows[1:]:
+        assert [float(v) for v in r[2:]] == pytest.approx(expected[tuple(r[:2])], rel=1e-5)
     # Each test example's metric, in test-split order: 1 exactly where the checkpoint is right.
     per_example = np.load(folder / "test_per_example.npy")
     with torch.no_grad():
@@ -141,28 +144,12 @@ def test_trial_run_holds_every_key(workdir):
 
 
 def test_artifacts_system_metrics_and_grad_stats_are_optional(workdir):
-    off = {"checkpoint": False, "settings_file": False, "learning_curve": False, "grad_profile": False,
+    off = {"checkpoint": False, "settings_file": False, "learning_curve": False, "gradflow": False,
            "test_per_example": False, "system_metrics": False, "system_metrics_interval": 0.1, "grad_stats_every": 0}
     client, _, run = run_it(experiment(train={"epochs": 1}, tracking=off))
     assert client.list_artifacts(run.info.run_id) == []
-    assert not any(k.startswith(("grad_", "system/")) for k in run.data.metrics)
+    assert not any(k.startswith(("grad", "system/")) for k in run.data.metrics)  # grad_*, gradflow_*
     assert {"val_accuracy", "test_accuracy", "peak_fraction"} <= set(run.data.metrics)
-
-
-@pytest.mark.slow
-def test_tanh_rnn_gradient_vanishes_where_an_lstm_keeps_it(workdir):
-    """Adding problem, 100 steps, fixed seeds: ‖∂L/∂h_1‖ / ‖∂L/∂h_100‖ during one short epoch."""
-    ratios = {}
-    for arch, extra in (("rnn", {}), ("lstm", {"forget_bias": 1.0})):
-        exp = validate({"name": "vanish", "task": {"name": "adding", "seq_len": 100, "train_size": 400},
-                        "model": {"arch": arch, "hidden_size": 32, **extra}, "train": {"epochs": 1, "seed": 0},
-                        "tracking": {"grad_stats_every": 2, "checkpoint": False, "system_metrics": False}})
-        client, _, run = run_it(exp)
-        history = client.get_metric_history(run.info.run_id, "grad_vanish_ratio")
-        assert [h.step for h in history] == [1, 2, 4, 6]
-        ratios[arch] = statistics.median(h.value for h in history)
-    assert ratios["rnn"] < 1e-2, ratios
-    assert ratios["rnn"] < 1e-6 * ratios["lstm"]
 
 
 def test_diverged_run_is_failed_and_the_study_goes_on(workdir):
@@ -195,7 +182,8 @@ def test_diverged_run_is_failed_and_the_study_goes_on(workdir):
     assert grads[-1].step == int(failed.data.tags["harness.failure_step"]) > 1
     last_nonfinite = client.get_metric_history(failed.info.run_id, "grad_nonfinite")[-1]
     assert last_nonfinite.step == grads[-1].step and (last_nonfinite.value > 0 or not math.isfinite(grads[-1].value))
-    assert {a.path for a in client.list_artifacts(failed.info.run_id)} >= {"settings.json", "grad_profile.csv"}
+    assert {a.path for a in client.list_artifacts(failed.info.run_id)} == {"settings.json"}  # no epoch ended, none chosen
+    assert not any(k.startswith("gradflow") for k in failed.data.metrics)
     assert done.info.status == "FINISHED" and math.isfinite(done.data.metrics["best_val_mse"])
     assert done.data.tags[ "mlflow.parentRunId"] == parent == failed.data.tags["mlflow.parentRunId"]
 

@@ -14,10 +14,15 @@ with the backward direction's h_1 (each direction's final state), and per-step h
 directions' h_t, so every head reads both directions.
 
 A model is an `nn.Module` whose `forward(x)` returns the output above. Built-in models also
-accept `forward(x, return_hidden=True)`, returning `(output, hidden)` where `hidden[d][t]` is
-the top layer's state h_t of direction d, on the autograd path: `torch.autograd.grad(loss,
-hidden[d])` is the full ∂L/∂h_t, through time (the MLP has no time steps: `hidden == []`).
-Without `return_hidden` nothing changes: the fused kernels run as usual. Models may define
+accept `forward(x, return_hidden=True)`, returning `(output, states)`: the same output, computed
+one step at a time, and `states[d][t]`, the tuple of tensors that make up the top recurrent
+layer's state at step t of direction d (d = 0 forward, 1 backward; t = 0 … T − 1, in time
+order whichever way the direction reads): `(h_t,)` for Elman RNNs and GRUs, `(h_t, c_t)` for
+LSTMs, each (B, H) and on the autograd path, so `torch.autograd.grad(loss, states[d][t])` is the
+full ∂L/∂h_t (∂L/∂c_t) through time, not only the direct part the fused kernels expose. A
+plug-in may give a bare tensor h_t for `states[d][t]`; the MLP has no time steps: `states == []`.
+harness.gradflow measures gradient flow through it; without `return_hidden` nothing changes:
+the fused kernels run as usual. Models may define
 `flops(seq_len) -> int`, the analytic forward FLOPs per sample (matmuls: 2·G·H·(I+H) per step,
 direction and layer, G = 1 / 3 / 4 for RNN / GRU / LSTM, plus heads; training ≈ 3× forward).
 

@@ -31,7 +31,7 @@ class MLP(nn.Module):
         y = self.net(x)
         if self.io in PER_STEP:
             y = y.view(x.shape[0], self.seq_len, self.output_size)
-        return (y, []) if return_hidden else y  # no time steps, so no h_t to probe
+        return (y, []) if return_hidden else y  # no time steps, so no states to measure
 
     def flops(self, seq_len: int) -> int:  # noqa: ARG002 - every width is fixed at construction
         return sum(2 * m.weight.numel() for m in self.net if isinstance(m, nn.Linear))

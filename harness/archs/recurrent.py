@@ -7,8 +7,8 @@ loop does one matmul per step forward and one backward (a hand-written backpropa
 time, which on a CPU stops carrying a gradient that has vanished), and the recurrent weight's
 gradient is one matmul over all steps: forward + backward is faster than torch's own tanh
 `nn.RNN` at the same size on a CPU (benchmarks/bench_sigmoid_rnn.py). `unroll` re-runs any of them
-one step at a time with the module's own weights, which puts every h_t on the autograd path for
-the gradient-through-time probe.
+one step at a time with the module's own weights, which puts every state (h_t, and c_t for an
+LSTM) on the autograd path for the gradient-flow measurement (harness.gradflow).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_SIGMOID": 1, "GRU": 3, "LSTM": 4}
 PER_STEP = ("many-to-many", "one-to-many")
 
 
-# --- step-by-step unrolling for the gradient probe -------------------------------------------
+# --- step-by-step unrolling for the gradient-flow measurement ------------------------------
 
 
 def _sigmoid_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -47,33 +47,39 @@ def cell_kind(rnn: nn.RNNBase) -> str:
     return "RNN_SIGMOID" if getattr(rnn, "nonlinearity", None) == "sigmoid" else rnn.mode
 
 
-def unroll(rnn: nn.RNNBase, seq: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+def unroll(rnn: nn.RNNBase, seq: torch.Tensor) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, ...]]]]:
     """`rnn(seq)[0]` (batch first, zero initial state) computed one step at a time; also
-    returns `hidden[d][t]`, the top layer's h_t of direction d.
+    returns `states[d][t]`, the top layer's state at step t of direction d: `(h_t,)`, or
+    `(h_t, c_t)` for an LSTM (its memory runs through c_t as much as through h_t).
 
-    Each h_t is the one tensor that both the next step and the output read, so
-    `torch.autograd.grad(loss, hidden[d])` (or `.retain_grad()` then `backward()`) gives the
-    full ∂L/∂h_t through time; the fused kernels only expose its direct part.
+    Each tensor of a state is the one that everything after it reads (the next step, the
+    output), so `torch.autograd.grad(loss, states[d][t])` gives the full ∂L/∂h_t and ∂L/∂c_t
+    through time, h_t and c_t taken as the two coordinates of the state; the fused kernels only
+    expose the direct part of ∂L/∂h_t, and no c_t at all.
     """
     kind, lstm = cell_kind(rnn), rnn.mode == "LSTM"
     cell = CELLS[kind]
     batch, steps, _ = seq.shape
-    x, hidden = seq, []
+    x, states = seq, []
     for layer in range(rnn.num_layers):
         if layer:  # torch applies dropout to every layer's output but the last
             x = F.dropout(x, rnn.dropout, rnn.training)
-        hidden = []
+        states = []
         for reverse in (False, True)[: 2 if rnn.bidirectional else 1]:
             w = weights_of(rnn, layer, reverse)
             h = seq.new_zeros(batch, rnn.hidden_size)
             state = (h, h) if lstm else h
-            hs: list[torch.Tensor] = [h] * steps
+            ss: list[tuple[torch.Tensor, ...]] = [(h,)] * steps
             for t in time_steps(steps, reverse):
                 state = cell(x[:, t], state, *w)
-                hs[t] = state[0] if lstm else state
-            hidden.append(hs)
-        x = torch.cat([torch.stack(hs, 1) for hs in hidden], -1)
-    return x, hidden
+                if lstm:  # c_t as a node of its own, read only by the next step: its gradient is then
+                    # the one that goes on through time, never also the path into h_t = o_t tanh(c_t),
+                    # whichever way torch computes the cell (composite ops on the CPU expose that path)
+                    state = (state[0], state[1].view_as(state[1]))
+                ss[t] = tuple(state) if lstm else (state,)
+            states.append(ss)
+        x = torch.cat([torch.stack([s[0] for s in ss], 1) for ss in states], -1)
+    return x, states
 
 
 # --- heads, FLOPs, initialisation ------------------------------------------------------------

@@ -5,8 +5,8 @@ metric's direction come from each run's params (`arch_family`, `task_metric_dire
 report answers, per architecture: how well (the final runs' test metric with a bootstrap interval
 over seeds and test examples, and a paired, Holm-corrected test against the best), how fast
 (training and inference speed, share of the device's matmul peak), and why not (budget-limited
-runs, edges of the search space, pruned and failed trials with their reasons, the
-gradient-through-time ratio that shows vanishing or exploding gradients). `runs` reads MLflow,
+runs, edges of the search space, pruned and failed trials with their reasons, the per-step
+rate at which the gradient vanishes or grows through time). `runs` reads MLflow,
 `stats` computes, `tables` and `plots` render, this module writes the markdown.
 """
 
@@ -28,14 +28,15 @@ from harness.report.runs import (
     study_tags,
     trial_runs,
 )
-from harness.report.tables import best_trials, comparison_table, failures_table, search_table
+from harness.report.tables import FORMATS, best_trials, comparison_table, failures_table, search_table
 
 __all__ = ["write_report"]
 
 
 def _md(table: pd.DataFrame) -> str:
+    formats = [".4g", *(FORMATS.get(c, ".4g") for c in table.columns)]  # the index first
     # tabulate fills in None, not NaN
-    return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".4g", missingval="—")
+    return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=formats, missingval="—")
 
 
 def write_report(study: str, out_dir: str | Path = "reports") -> Path:
@@ -89,9 +90,12 @@ def write_report(study: str, out_dir: str | Path = "reports") -> Path:
         "Each architecture's best search trial by validation metric: its selection score is the maximum over "
         "epochs and trials on one validation set, optimistic by construction (not comparable with the test "
         "metric). Speeds are that trial's: training samples/s of its last epoch, one-batch inference latency, "
-        "and the share of the device's measured fp32 matmul peak its training reached. `grad vanish ratio` is "
-        "‖∂L/∂h_1‖ ÷ ‖∂L/∂h_T‖ of the top recurrent layer at its last gradient record: far below 1, "
-        "the gradient vanishes through time; far above, it explodes.",
+        "and the share of the device's measured fp32 matmul peak its training reached. `grad flow rate` is how "
+        "fast the gradient changes per time step going back through the sequence, at that trial's chosen "
+        "checkpoint: each example's least-squares slope of ln‖∂L/∂s_t‖ (s_t: the top recurrent layer's whole "
+        "state, its cell memory included) against the steps back from the last state, the median over the "
+        "first 256 validation examples (all, when fewer). Negative, the gradient vanishes (−0.1: a factor 4.5e−5 over 100 steps); "
+        "positive, it grows. `(bwd)`: the backward direction of models that read both ways.",
         "",
         _md(search),
         "",

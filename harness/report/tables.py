@@ -16,6 +16,9 @@ import pandas as pd
 from harness.report import stats
 from harness.report.runs import col, metric_name, num, state
 
+# Columns shown with their own number format (the rest: 4 significant figures).
+FORMATS = {"grad flow rate": "#.3g", "grad flow rate (bwd)": "#.3g"}
+
 
 def best_trials(runs: pd.DataFrame) -> pd.DataFrame:
     """Each architecture's best finished search trial by validation metric (ties: earliest)."""
@@ -43,7 +46,8 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         "train samples/s": num(best, "metrics.train_samples_per_s").round().astype("Int64"),
         "infer ms p50": num(best, "metrics.infer_latency_ms_p50"),
         "peak fraction": num(best, "metrics.peak_fraction"),
-        "grad vanish ratio": num(best, "metrics.grad_vanish_ratio"),
+        "grad flow rate": num(best, "metrics.gradflow_rate"),
+        "grad flow rate (bwd)": num(best, "metrics.gradflow_rate_bwd"),
         "best run": col(best, "run_name"),
     })
     table.index.name = "architecture"
