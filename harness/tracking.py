@@ -377,10 +377,13 @@ class SeedGroupRun:
         seed_params = self.client.get_run(first_seed_run).data.params
         extra = {k: v for k, v in seed_params.items() if k not in self.params}  # sizes, families, the task's defaults
         finals = [r.final_metrics() for r in results]
+        per_epoch = set(results[0].history[-1]) if results[0].history else set()
         metrics = []
         for key in finals[0]:
             values = np.array([f[key] for f in finals], dtype=float)
-            metrics += [Metric(key, float(values.mean()), 0, 0), Metric(f"{key}_std", float(values.std(ddof=1)), 0, 0)]
+            if key not in per_epoch:  # as in MlflowRun: a per-epoch key already ends on its last epoch
+                metrics.append(Metric(key, float(values.mean()), 0, 0))
+            metrics.append(Metric(f"{key}_std", float(values.std(ddof=1)), 0, 0))
         for epoch in range(1, max(len(r.history) for r in results) + 1):
             rows = [r.history[epoch - 1] for r in results if len(r.history) >= epoch]
             metrics += [Metric(k, float(np.mean([row[k] for row in rows])), 0, epoch) for k in rows[0]]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from harness.callbacks import FitStart, TrialResult
+from harness.callbacks import TrialResult
 from harness.config import Experiment
 from harness.errors import HarnessError, Pruned
 from harness.runner import run_trial
@@ -92,22 +92,18 @@ class Plan:
 
 
 class PruneOnSignal(workers.StopOnSignal):
-    """A trial's loop callback: records its MLflow run on the Optuna trial (so a dead worker's run
-    can be closed), reports each epoch's first objective, and prunes when Optuna says so.
+    """A trial's loop callback: reports each epoch's first objective to Optuna, and prunes when
+    Optuna says so.
 
     With several seeds (trained one after another) seed j's epoch e is step j·E + e (E: the epoch
     cap), and the value reported there is the mean over seeds 0..j of their value at epoch e (a
     seed that stopped early keeps its chosen value), so every trial is compared at the same step
     on the same quantity and pruning acts on the seeds' mean."""
 
-    def __init__(self, trial: optuna.Trial, run: MlflowRun | None, objective: Objective | None, epochs: int,
-                 seed_index: int = 0, earlier: list[list[float]] | None = None):
-        self.trial, self.run, self.objective, self.epochs = trial, run, objective, epochs
+    def __init__(self, trial: optuna.Trial, objective: Objective | None, epochs: int, seed_index: int = 0,
+                 earlier: list[list[float]] | None = None):
+        self.trial, self.objective, self.epochs = trial, objective, epochs
         self.seed_index, self.earlier, self.curve = seed_index, earlier or [], []
-
-    def on_fit_start(self, start: FitStart) -> None:
-        if self.run is not None:  # the trial's own run, started first (callbacks run in order)
-            self.trial.set_user_attr("mlflow_run_id", self.run.run_id)
 
     def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
         super().on_epoch_end(epoch, record)
@@ -170,8 +166,13 @@ class TrialObjective:
         epochs = trial_exp.train.epochs
         if exp.sweep.seeds == 1:
             run = MlflowRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
-            watch = PruneOnSignal(trial, run, prune_on, epochs)
-            results, run_ids = [run_trial(trial_exp, [run, watch])], [run.run_id]
+            # Recorded before anything else happens, so a worker that dies now leaves a run to close.
+            trial.set_user_attr("mlflow_run_id", run.open())
+            try:
+                results, run_ids = [run_trial(trial_exp, [run, PruneOnSignal(trial, prune_on, epochs)])], [run.run_id]
+            except BaseException as e:  # ended by the run itself once training began; before that, here
+                recovery.close_run(self.client, run.run_id, type(e).__name__, str(e) or repr(e))
+                raise
         else:
             group = SeedGroupRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
             trial.set_user_attr("mlflow_run_id", group.run_id)
@@ -180,7 +181,7 @@ class TrialObjective:
                 for j in range(exp.sweep.seeds):
                     seed_exp = trial_exp.with_values({"train.seed": trial_exp.train.seed + j})
                     run = group.seed_run(seed_exp, j)
-                    watch = PruneOnSignal(trial, None, prune_on, epochs, seed_index=j, earlier=curves)
+                    watch = PruneOnSignal(trial, prune_on, epochs, seed_index=j, earlier=curves)
                     results.append(run_trial(seed_exp, [run, watch]))
                     curves.append(watch.curve)
                     run_ids.append(run.run_id)
