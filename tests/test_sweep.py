@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness.archs import count_params, create_model
+from harness.archs import create_model
 from harness.cli import _parser, _sweep_experiment
 from harness.config import Experiment, load_experiment
 from harness.errors import HarnessError
@@ -217,10 +217,13 @@ def test_worker_identity_tells_a_dead_process():
 
 
 @pytest.mark.parametrize(("name", "dims"), [
+    ("quickstart", {"input_size": 1, "output_size": 10, "io": "many-to-one", "seq_len": 40}),
     ("rnn_types_fashion", {"input_size": 28, "output_size": 10, "io": "many-to-one", "seq_len": 28}),
     ("long_range_adding", {"input_size": 2, "output_size": 1, "io": "many-to-one", "seq_len": 200}),
 ])
 def test_shipped_experiments_validate_and_build_every_choice(name, dims):
+    import torch
+
     path = EXPERIMENTS / f"{name}.toml"
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and len(first) > 20  # a one-line purpose
@@ -228,12 +231,13 @@ def test_shipped_experiments_validate_and_build_every_choice(name, dims):
     assert exp.name == name and exp.sweep.repeat >= 1
     archs = arch_choices(exp)
     assert set(exp.sweep.space_by_arch) <= set(archs) and len(archs) >= 3
-    for arch in archs:
+    for arch in archs:  # every model option the sweep can pick builds a model that reads the task's shape
         options = [{}] + [{key.split(".", 1)[1]: v} for key, spec in exp.sweep.space_by_arch.get(arch, {}).items()
-                          for v in spec.choices]
+                          if key.startswith("model.") for v in spec.choices]
         for extra in options:
             model = create_model(arch, **dims, **{**exp.model.overrides(), **extra})
-            assert count_params(model) > 0
+            out = model(torch.zeros(2, dims["seq_len"], dims["input_size"]))
+            assert out.shape == (2, dims["output_size"]), (arch, extra)
 
 
 # ---------------------------------------------------------------- in-process sweeps
