@@ -52,8 +52,11 @@ def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
 
 @pytest.mark.slow
 def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, capsys):
-    # Random sampler over the four families with a fixed seed: every trial is a real run.
-    args = ["sweep", QUICK, "--n-trials", "4", "--study", "smoke", "--sampler", "random", "--pruner", "none", *SMALL]
+    # Random sampler over the four families with a fixed seed: every trial is a real run. (The
+    # quickstart's per-family learning-rate lists are a grid's: one shared range here.)
+    args = ["sweep", QUICK, "--n-trials", "4", "--study", "smoke", "--sampler", "random", "--pruner", "none", *SMALL,
+            "--set", "sweep.space_by_arch={}", "--set", "sweep.space={'model.arch' = ['rnn', 'lstm', 'gru', 'brnn'], "
+            "'train.lr' = { low = 1e-3, high = 1e-2, log = true }}"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "report: reports/smoke.md" in out and "harness ui" in out

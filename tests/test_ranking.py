@@ -18,6 +18,7 @@ from optuna.trial import TrialState, create_trial
 from harness.archs import create_model
 from harness.cli import main
 from harness.config import validate
+from harness.errors import HarnessError
 from harness.runner import build
 from harness.sweep import run
 from harness.sweep.space import edges
@@ -195,3 +196,15 @@ def test_a_grid_gives_each_architecture_its_own_values(tiny, workdir):
     assert sorted((t.params["model.arch"], t.params["train.lr"]) for t in outcome.study.trials) == [
         ("gru", 0.01), ("rnn", 0.001), ("rnn", 0.003)]  # 3 points, not 2 × 3
     assert all(t.state == TrialState.COMPLETE for t in outcome.study.trials)
+
+
+def test_per_architecture_lists_of_one_name_need_a_grid(tiny, workdir):
+    exp = load(tiny, "sweep.space_by_arch={rnn = {'train.lr' = [0.001, 0.003]}, gru = {'train.lr' = [0.01]}}")
+    with pytest.raises(HarnessError, match=r"^sweep.space_by_arch: 'train.lr' lists other values for gru than for rnn"):
+        run(exp, progress=False)
+    assert not (workdir / "optuna.db").exists() and not runs_of_any()  # refused before anything was written
+
+
+def runs_of_any() -> list:
+    client = MlflowClient()
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]

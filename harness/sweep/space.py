@@ -60,6 +60,16 @@ def check_models(exp: Experiment, task: Task) -> None:
     for arch in exp.sweep.space_by_arch:
         if arch not in archs:
             raise HarnessError(f"sweep.space_by_arch.{arch}: this sweep never picks {arch!r} (it picks {', '.join(archs)})")
+    if exp.sweep.sampler != "grid":  # a grid queues fixed values (see `suggest`); samplers draw from one list per name
+        lists: dict[str, tuple[str, list]] = {}
+        for arch, by in exp.sweep.space_by_arch.items():
+            for key, spec in by.items():
+                if spec.choices is None:
+                    continue
+                first, choices = lists.setdefault(key, (arch, spec.choices))
+                if choices != spec.choices:
+                    raise HarnessError(f"sweep.space_by_arch: {key!r} lists other values for {arch} than for {first}; outside a "
+                                       "grid Optuna needs one list per name: use sampler = 'grid', one list, or a range {low, high}")
     for arch in archs:
         create_model(arch, input_size=task.input_size, output_size=task.output_size, io=task.io,
                      seq_len=task.seq_len, **exp.model.overrides())
