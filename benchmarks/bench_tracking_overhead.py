@@ -8,7 +8,8 @@ Same process, same experiment (same seed, so the same model and data), run alter
         system metrics, the gradient-flow measurement after training, artifacts and checkpoint
 
 Three throughputs per run, all over epochs 2..E (epoch 1 holds warm-up):
-  loop  the loop's own `train_samples_per_s` (training steps only), median over epochs
+  loop  the loop's own `train_samples_per_s`: the median over epochs of the training steps'
+        throughput, gradient-statistics steps and contended epochs left out
   wall  training samples ÷ wall time from the end of epoch 1 to the end of epoch E, which also
         holds validation and every epoch's logging (read by a callback after tracking's own)
   cpu   the same samples ÷ the process's CPU time over that span (all its threads, MLflow's
@@ -78,10 +79,10 @@ def stamp():
     return Stamp()
 
 
-def throughputs(history: list[dict[str, float]], n: int) -> tuple[float, float, float]:
+def throughputs(result, n: int) -> tuple[float, float, float]:
     (w0, c0), (w1, c1) = STAMPS[0], STAMPS[-1]
     samples = n * (len(STAMPS) - 1)
-    return statistics.median(h["train_samples_per_s"] for h in history[1:]), samples / (w1 - w0), samples / (c1 - c0)
+    return result.final_metrics()["train_samples_per_s"], samples / (w1 - w0), samples / (c1 - c0)
 
 
 def run_off(exp) -> tuple[float, float, float]:
@@ -91,7 +92,7 @@ def run_off(exp) -> tuple[float, float, float]:
     task, model = build(exp)
     STAMPS.clear()
     result = fit(model, task, exp.train, device=resolve_device(exp.train.device), callbacks=[stamp()], gradflow=False)
-    return throughputs(result.history, len(task.x_train))
+    return throughputs(result, len(task.x_train))
 
 
 def run_on(exp, store: str) -> tuple[float, float, float]:
@@ -105,7 +106,7 @@ def run_on(exp, store: str) -> tuple[float, float, float]:
     STAMPS.clear()
     run = MlflowRun(client, experiment_id(client, exp.name), exp, name="on", tags={"harness.role": "run"})
     result = run_trial(exp, [run, stamp()])
-    return throughputs(result.history, len(load_task(exp.task.name, **exp.task.options()).x_train))
+    return throughputs(result, len(load_task(exp.task.name, **exp.task.options()).x_train))
 
 
 def main() -> int:

@@ -26,6 +26,7 @@ class TrialResult:
     maximize: bool
     n_params: int
     flops_per_sample: int | None
+    kernel: str = "none"  # the recurrent layers' kernel path (harness.kernels)
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
     best_epoch: int = 0
     best_val: float = math.nan
@@ -41,7 +42,8 @@ class TrialResult:
     samples_trained: int = 0
     train_time_s: float = 0.0  # time in training steps only (no evaluation)
     total_time_s: float = 0.0
-    speed: dict[str, float] = field(default_factory=dict)  # latency, memory, FLOP rate (harness.speed)
+    speed: dict[str, float] = field(default_factory=dict)  # throughput, latency, memory, FLOP rate (harness.speed)
+    contended: bool = False  # every epoch that sets the throughput shared the cores (harness.speed)
     gradflow: GradFlow | None = None  # the chosen checkpoint's gradient flow (harness.gradflow)
 
     def final_metrics(self) -> dict[str, float]:
@@ -54,8 +56,8 @@ class TrialResult:
             "epochs_run": float(self.epochs_run),
             "stopped_early": float(self.stopped_early),
             "budget_limited": float(self.budget_limited),
-            # the last epoch's rate, past the first epoch's warm-up (MLflow's latest value too)
-            "train_samples_per_s": self.history[-1]["train_samples_per_s"] if self.history else math.nan,
+            # the median over epochs 2..E that had the cores to themselves (harness.speed)
+            "train_samples_per_s": self.speed.get("train_samples_per_s", math.nan),
             "total_time_s": self.total_time_s,
             **self.speed,
             **(self.gradflow.metrics() if self.gradflow is not None else {}),
@@ -72,6 +74,7 @@ class FitStart:
     grad_stats: GradStats | None
     n_params: int
     flops_per_sample: int | None
+    kernel: str = "none"  # the recurrent layers' kernel path (harness.kernels)
 
 
 class Callback:

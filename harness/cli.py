@@ -104,7 +104,8 @@ def _run(args) -> int:
         return 1
     m = result.metric
     print(f"{exp.model.arch} on {exp.task.name}: best val {m} {result.best_val:.4f} (epoch {result.best_epoch}), "
-          f"test {m} {result.test_metric:.4f}, {result.final_metrics()['train_samples_per_s']:.0f} samples/s")
+          f"test {m} {result.test_metric:.4f}, {result.final_metrics()['train_samples_per_s']:.0f} samples/s "
+          f"({result.kernel}{', contended: unreliable' if result.contended else ''})")
     print(f"MLflow run {run.run_id} in {tracking_uri()}")
     return 0
 

@@ -1,8 +1,13 @@
-"""Speed and memory: inference latency, peak memory, and the device's measured fp32 matmul peak.
+"""Speed and memory: training throughput over epochs, a training-step benchmark, inference
+latency, peak memory, and the device's measured fp32 matmul peak.
 
 Every timing waits for the device before reading the clock (torch.utils.benchmark, or `sync`),
-so GPU work is counted where it runs, not where it was queued. The matmul peak is measured once per process and
-device (and CPU thread count) and cached: it is what `peak_fraction` divides by.
+so GPU work is counted where it runs, not where it was queued. A run's training throughput is a
+median over epochs 2..E whose process CPU time kept up with wall time × torch threads
+(`cpu_share` ≥ `CONTENDED_BELOW`): an epoch that shared the cores with other work is left out,
+and a run with no other epoch is marked contended. The matmul peak is measured on every call,
+never cached: the loop measures it right after its step benchmark, so `peak_fraction` divides
+by a peak taken in the same window as the speed it is compared with.
 """
 
 from __future__ import annotations
@@ -10,14 +15,18 @@ from __future__ import annotations
 import logging
 import re
 import resource
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-_PEAKS: dict[tuple[str, int], float] = {}
+# An epoch whose process CPU time is below this share of wall time × torch threads shared the
+# cores with other work: two busy neighbours on two cores slow a run 10-30×, not 2×.
+CONTENDED_BELOW = 0.8
 
 
 def sync(device: torch.device) -> None:
@@ -59,14 +68,9 @@ def inference_latency(
     """Latency of one forward pass over the batch `x` in eval mode, after warm-up: the median
     and 95th percentile of `repeats` single timed calls (torch.utils.benchmark waits for the
     device and keeps this process's thread count)."""
-    # Importing it imports torch's C++-extension builder, which warns on every CPU-only machine
-    # that it found no CUDA runtime: nothing here builds extensions.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import benchmark
-
     model.eval()
     x = x.to(device)
-    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
+    timer = _timer("model(x)", {"model": model, "x": x})
     timer.timeit(warmup)
     # One call per measurement: a percentile needs every call's time, not block averages.
     times = sorted(timer.timeit(1).mean for _ in range(repeats))
@@ -75,38 +79,78 @@ def inference_latency(
     return {"infer_latency_ms_p50": p50 * 1e3, "infer_latency_ms_p95": p95 * 1e3, "infer_samples_per_s": len(x) / p50}
 
 
+def _timer(stmt: str, globals: dict):
+    # Importing it imports torch's C++-extension builder, which warns on every CPU-only machine
+    # that it found no CUDA runtime: nothing here builds extensions.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import benchmark
+
+    return benchmark.Timer(stmt, globals=globals, num_threads=torch.get_num_threads())
+
+
+def step_ms(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+            *, warmup: int = 3, repeats: int = 9) -> float:
+    """Median time (ms) of one training step's forward and backward over the batch (`x`, `y`) in
+    train mode, after `warmup` steps, over `repeats` single timed steps with the process's torch
+    threads. The weights are left alone (no optimiser step); their gradients are cleared after."""
+    x, y = x.to(device), y.to(device)
+    was_training = model.training
+    model.train()
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+
+    timer = _timer("step()", {"step": step})
+    try:
+        timer.timeit(warmup)
+        return statistics.median(timer.timeit(1).mean for _ in range(repeats)) * 1e3
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+def epoch_speed(history: list[dict[str, float]]) -> tuple[dict[str, float], bool]:
+    """The run's training throughput from its epochs' `epoch_samples_per_s` and `cpu_share`:
+    the median, min and max over epochs 2..E (all when E = 1) that were not contended, and
+    whether every one of them was (then the figures are over all of them, and unreliable)."""
+    epochs = history[1:] or history
+    if not epochs:
+        return {}, False
+    calm = [h for h in epochs if h["cpu_share"] >= CONTENDED_BELOW]
+    rates = [h["epoch_samples_per_s"] for h in calm or epochs]
+    figures = {"train_samples_per_s": statistics.median(rates),
+               "train_samples_per_s_min": min(rates), "train_samples_per_s_max": max(rates)}
+    return figures, not calm
+
+
 def device_peak_gflops(device: torch.device, seconds: float = 0.3) -> float:
-    """Best fp32 matmul rate (GFLOP/s) of `device`, measured once per process and cached.
+    """Best fp32 matmul rate (GFLOP/s) of `device`, measured now (nothing is cached).
 
     Uses the process's current precision settings (e.g. TF32 if the user allowed it) and, on
     CPU, its current thread count, so the peak matches what training can use.
     """
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
-    key = (str(device), threads)
-    if key not in _PEAKS:
-        n = 4096 if device.type != "cpu" else (1024 if threads <= 4 else 2048)
-        a = torch.randn(n, n, device=device)
-        b = torch.randn(n, n, device=device)
-        c = torch.mm(a, b)
+    threads = torch.get_num_threads()
+    n = 4096 if device.type != "cpu" else (1024 if threads <= 4 else 2048)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    c = torch.mm(a, b)
+    sync(device)
+    best, reps, end = 0.0, 4, time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=c)
         sync(device)
-        best, reps, end = 0.0, 4, time.perf_counter() + seconds
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b, out=c)
-            sync(device)
-            best = max(best, reps * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-            if time.perf_counter() > end:
-                break
-        _PEAKS[key] = best
-    return _PEAKS[key]
+        best = max(best, reps * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+        if time.perf_counter() > end:
+            return best
 
 
-def training_speed(flops_per_sample: int | None, samples_per_s: float, device: torch.device) -> dict[str, float]:
+def training_speed(flops_per_sample: int | None, samples_per_s: float, peak_gflops: float) -> dict[str, float]:
     """`train_gflops_per_s` (training ≈ 3 × forward FLOPs) and its share of the device's peak."""
-    peak = device_peak_gflops(device)
-    out = {"device_peak_gflops": peak}
+    out = {"device_peak_gflops": peak_gflops}
     if flops_per_sample:
         achieved = 3 * flops_per_sample * samples_per_s / 1e9
-        out |= {"train_gflops_per_s": achieved, "peak_fraction": achieved / peak}
+        out |= {"train_gflops_per_s": achieved, "peak_fraction": achieved / peak_gflops}
     return out

@@ -7,13 +7,15 @@ thread, which concurrent trials would trample).
 
 What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning):
 - params: the resolved settings as dotted keys (the task's defaults filled in, the device
-  resolved), `n_params`, `flops_per_sample`, `trial_number`, and what the registries say of the
-  run: `arch_family`, `arch_bidirectional`, `task_io`, `task_metric`, `task_metric_direction`;
+  resolved), `n_params`, `flops_per_sample`, `kernel` (the recurrent layers' kernel path,
+  harness.kernels), `trial_number`, and what the registries say of the run: `arch_family`,
+  `arch_bidirectional`, `task_io`, `task_metric`, `task_metric_direction`;
 - tags: `harness.role` (study | trial | run), `harness.study`, `harness.trial`, `harness.state`
   (complete | pruned | failed), on failure `harness.failure` (`diverged` or the exception's
   type), `harness.error` and, for divergence, `harness.failure_epoch` / `harness.failure_step`;
   `harness.git_commit` (also as `mlflow.source.git.commit`), `torch_version`, `device`,
-  `split_hash.<split>`;
+  `split_hash.<split>`; once complete, `harness.contended` (true when every epoch that sets the
+  training throughput shared the cores with other work);
 - metrics: per epoch (step = epoch), gradient statistics (step = optimiser step), final ones
   (step 0: the test split, speeds, the chosen checkpoint's `gradflow_rate[_bwd][_iqr]`), and
   MLflow's own `system/*` metrics;
@@ -201,7 +203,7 @@ def run_params(exp: Experiment, start: FitStart) -> dict[str, Any]:
     arch = arch_info(exp.model.arch, **exp.model.overrides())
     params |= {"train.device": str(start.device),
                "tracking.grad_stats_every": start.grad_stats.every if start.grad_stats else 0,
-               "n_params": start.n_params, "flops_per_sample": start.flops_per_sample,
+               "n_params": start.n_params, "flops_per_sample": start.flops_per_sample, "kernel": start.kernel,
                "arch_family": arch.family, "arch_bidirectional": arch.bidirectional,
                "task_io": task.io, "task_metric": task.metric,
                "task_metric_direction": "maximize" if task.maximize else "minimize"}
@@ -323,13 +325,13 @@ class MlflowRun(Callback):
         self.buffer.flush()
 
     def on_fit_end(self, result: TrialResult) -> None:
-        try:  # step 0; a key also logged per epoch (train_samples_per_s) already ends on its final value
+        try:  # step 0; no final key is also an epoch key, whose latest value would hide it
             self.buffer.add({k: v for k, v in result.final_metrics().items() if k not in result.history[-1]})
             self._write(result, self.start.model)
         except BaseException as e:
             self._end(*failure_tags(e))
             raise
-        self._end({"harness.state": "complete"}, "FINISHED")
+        self._end({"harness.state": "complete", "harness.contended": str(result.contended).lower()}, "FINISHED")
 
     def on_fit_failure(self, error: BaseException, result: TrialResult) -> None:
         if self.run_id is None:  # failed before the run existed
@@ -389,7 +391,8 @@ class SeedGroupRun:
             metrics += [Metric(k, float(np.mean([row[k] for row in rows])), 0, epoch) for k in rows[0]]
         log_params(self.client, self.run_id, extra)
         _write(self.client, self.run_id, metrics)
-        set_tags(self.client, self.run_id, {"harness.state": "complete"})
+        contended = any(r.contended for r in results)  # the mean holds an unreliable figure
+        set_tags(self.client, self.run_id, {"harness.state": "complete", "harness.contended": str(contended).lower()})
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, error: BaseException) -> None:

@@ -4,7 +4,11 @@
 `train.patience` epochs without improvement (`train.epochs` is the cap), restores the epoch the
 validation metric chose, measures its gradient flow through time on a fixed validation batch
 (harness.gradflow), then the test split once, the model's inference latency and the run's
-memory and FLOP rate (`harness.speed`). It imports neither Optuna nor MLflow: whoever watches a
+memory; then, after the run, its training throughput over epochs, a benchmark of one training
+step and the device's matmul peak, in one window (`harness.speed`), and names the kernel each
+recurrent layer runs on (`harness.kernels`). Each epoch times its training steps and the
+process's CPU time over them; the steps that record gradient statistics are timed apart and left
+out of the epoch's throughput. It imports neither Optuna nor MLflow: whoever watches a
 run passes `Callback`s (harness.callbacks), which may raise `Pruned` to stop it, and optionally
 a `GradStats` (harness.gradients) that records gradient statistics on its steps; every step,
 recorded or not, runs the same plain forward. A non-finite loss or gradient raises `Diverged`
@@ -28,6 +32,7 @@ from harness.callbacks import Callback, FitStart, TrialResult
 from harness.config import TrainSettings
 from harness.errors import Diverged
 from harness.gradients import FiniteCheck, GradStats, clip_, grad_norm
+from harness.kernels import kernel_path
 from harness.tasks import Task
 
 __all__ = ["Diverged", "TrialResult", "evaluate", "fit", "flush_denormals", "make_optimizer", "per_example"]
@@ -98,16 +103,21 @@ def fit(
     speed.reset_peak_memory(device)
     result = TrialResult(
         metric=task.metric, maximize=task.maximize,
-        n_params=count_params(model), flops_per_sample=model_flops(model, task.seq_len),
+        n_params=count_params(model), flops_per_sample=model_flops(model, task.seq_len), kernel=kernel_path(model),
     )
-    begin = FitStart(model, task, device, grad_stats, result.n_params, result.flops_per_sample)
+    begin = FitStart(model, task, device, grad_stats, result.n_params, result.flops_per_sample, result.kernel)
     try:
         for cb in callbacks:
             cb.on_fit_start(begin)
         _train(model, task, cfg, device, callbacks, grad_stats, result, gradflow)
         result.total_time_s = time.perf_counter() - start
-        # the device's matmul peak is measured here, after the run, outside its total time
-        result.speed |= speed.training_speed(result.flops_per_sample, result.history[-1]["train_samples_per_s"], device)
+        figures, result.contended = speed.epoch_speed(result.history)
+        # After the run, outside its total time, in one window: the step benchmark, then the
+        # device's matmul peak that peak_fraction divides by.
+        batch = slice(0, cfg.batch_size)
+        figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device)
+        peak = speed.device_peak_gflops(device)
+        result.speed |= figures | speed.training_speed(result.flops_per_sample, figures["train_samples_per_s"], peak)
     except BaseException as e:
         try:  # what was recorded up to the failure still reaches the callbacks
             _grad_records(grad_stats, callbacks)
@@ -142,12 +152,17 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     window = cfg.patience or max(1, cfg.epochs // 10)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        stats_time = stats_samples = 0  # the steps that recorded gradient statistics
         order = torch.randperm(n, generator=gen).to(device)
         total_loss = total_metric = torch.zeros((), device=device)
         for i in range(0, n, cfg.batch_size):
             step += 1
             idx = order[i : i + cfg.batch_size]
+            timed = grad_stats is not None and grad_stats.due(step)
+            if timed:  # what queued before it belongs to the plain steps
+                speed.sync(device)
+                ts = time.perf_counter()
             xb, yb = x_train[idx], y_train[idx]
             out = model(xb)
             loss = task.loss_fn(out, yb)
@@ -167,11 +182,19 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
             # Accumulate on device: no host sync per step.
             total_loss = total_loss + loss.detach() * len(idx)
             total_metric = total_metric + task.metric_fn(out.detach(), yb) * len(idx)
+            if timed:
+                speed.sync(device)
+                stats_time, stats_samples = stats_time + time.perf_counter() - ts, stats_samples + len(idx)
         failure = check.flush()
         if failure is not None:
             raise failure
         train_loss = total_loss.item() / n
         train_time = time.perf_counter() - t0
+        # torch's intra-op threads count in the process's CPU time: a share under 1 is time
+        # the epoch waited for a core (or threads that had nothing to do)
+        cpu_share = (time.process_time() - cpu0) / (train_time * torch.get_num_threads())
+        if stats_samples == n:  # every step recorded statistics: there is nothing else to time
+            stats_time = stats_samples = 0
         result.steps, result.samples_trained, result.train_time_s = step, result.samples_trained + n, result.train_time_s + train_time
         val_loss, val_metric = evaluate(model, task, "val", device, cfg.eval_batch_size)
         record = {
@@ -179,7 +202,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
             "val_loss": val_loss, f"val_{m}": val_metric,
             "lr": opt.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - t0,
-            "train_samples_per_s": n / train_time,
+            "epoch_samples_per_s": (n - stats_samples) / (train_time - stats_time),
+            "cpu_share": cpu_share,
         }
         result.history.append(record)
         better = val_metric > result.best_val if task.maximize else val_metric < result.best_val

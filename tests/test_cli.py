@@ -48,6 +48,7 @@ def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
     assert steps == [1, 2]
     printed = float(re.search(r"test accuracy (\d\.\d+)", out)[1])
     assert printed == pytest.approx(run.data.metrics["test_accuracy"], abs=5e-5) and run.info.run_id in out
+    assert run.data.params["kernel"] == "aten" and "samples/s (aten" in out  # the GRU's per-step path, named
 
 
 @pytest.mark.slow
@@ -74,8 +75,13 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
         assert t.info.status == "FINISHED"
         assert t.info.run_name.startswith(t.data.params["model.arch"] + "-h8-#")
         assert {"train.lr", "model.arch", "model.hidden_size", "n_params"} <= set(t.data.params)
-        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_samples_per_s"):
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "epoch_samples_per_s", "cpu_share"):
             assert [m.step for m in client.get_metric_history(t.info.run_id, key)] == [1, 2], key
+        # the run's speed, once: epoch 2's (epoch 1 holds warm-up), marked if it shared the cores
+        [speed] = client.get_metric_history(t.info.run_id, "train_samples_per_s")
+        assert speed.step == 0 and t.data.tags["harness.contended"] in ("true", "false")
+        assert speed.value == pytest.approx(client.get_metric_history(t.info.run_id, "epoch_samples_per_s")[1].value)
+        assert t.data.params["kernel"] in ("onednn", "aten", "custom", "none")
 
     archs = {t.data.params["model.arch"] for t in trials}
     report = (workdir / "reports" / "smoke.md").read_text()

@@ -19,7 +19,7 @@ FAMILY = {"lstm": "LSTM", "rnn": "RNN", "bigru": "BRNN"}  # what the registry lo
 
 
 def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None, test=None, speed=None, seed=0,
-         number=None, limited=None, flow=None, **extra_tags):
+         number=None, limited=None, flow=None, kernel=None, gflops=None, **extra_tags):
     run = client.create_run(exp_id, run_name=name)
     rid = run.info.run_id
     tags = {"harness.role": role, "harness.study": "s", "harness.state": state, **extra_tags}
@@ -27,7 +27,10 @@ def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None
               "task_metric_direction": "maximize", "arch_family": FAMILY[arch], "train.seed": seed}
     if number is not None:
         params["trial_number"] = number
+    if kernel is not None:
+        params["kernel"] = kernel
     metrics = {k: v for k, v in {"best_val_accuracy": val, "test_accuracy": test, "train_samples_per_s": speed,
+                                 "train_gflops_per_s": gflops,
                                  "budget_limited": limited, **(flow or {})}.items() if v is not None}
     client.log_batch(rid, metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -46,10 +49,11 @@ def study(workdir):
     client.create_run(exp_id, run_name="s", tags={"harness.role": "study", "harness.study": "s",
                                                   "harness.edges": "rnn: best train.lr = 0.01 is the highest of [0.001, 0.01]"})
     _run(client, exp_id, "lstm-#0", arch="lstm", val=0.90, test=0.88, speed=1000.0, number=0)
-    _run(client, exp_id, "lstm-#1", arch="lstm", val=0.95, test=0.91, speed=900.0, number=1,
-         flow={"gradflow_rate": -0.0512345, "gradflow_rate_iqr": 0.01})
+    _run(client, exp_id, "lstm-#1", arch="lstm", val=0.95, test=0.91, speed=900.4, number=1, kernel="onednn", gflops=1.25,
+         flow={"gradflow_rate": -0.0512345, "gradflow_rate_iqr": 0.01}, **{"harness.contended": "false"})
     _run(client, exp_id, "lstm-#2", arch="lstm", state="pruned", number=2)
-    _run(client, exp_id, "rnn-#3", arch="rnn", val=0.50, test=0.52, speed=3000.0, number=3)
+    _run(client, exp_id, "rnn-#3", arch="rnn", val=0.50, test=0.52, speed=3000.0, number=3, kernel="aten", gflops=0.5,
+         **{"harness.contended": "true"})
     _run(client, exp_id, "rnn-#4", arch="rnn", state="failed", number=4, **{"harness.failure": "diverged"})
     _run(client, exp_id, "bigru-#5", arch="bigru", val=0.97, test=0.93, speed=400.0, number=5,
          flow={"gradflow_rate": -0.4, "gradflow_rate_bwd": -1.23456e-5})
@@ -93,6 +97,19 @@ def test_search_shows_each_best_trials_gradient_flow_rate_to_three_figures(study
     # lstm's best trial is #1 (not #0); a direction a run did not log, or a run without the metric, is a dash
     assert flow == {"bigru": ("-0.400", "-1.23e-05"), "lstm": ("-0.0512", "—"), "rnn": ("—", "—")}
     assert "grad vanish" not in text and "ln‖∂L/∂s_t‖" in text
+
+
+def test_search_names_the_kernel_beside_the_speed_marks_contended_runs_and_normalises_by_flops(study):
+    text = write_report("s").read_text()
+    header = next(line for line in text.split("## Search")[1].splitlines() if line.startswith("| architecture"))
+    names = [c.strip() for c in header.split("|")[1:-1]]
+    assert names.index("kernel") + 1 == names.index("train samples/s") == names.index("train GFLOP/s") - 1
+    rows = {c[0]: dict(zip(names, c, strict=True)) for c in table(text, "Search")}
+    cells = {arch: (row["kernel"], row["train samples/s"], row["train GFLOP/s"]) for arch, row in rows.items()}
+    # lstm's best trial is #1 (900.4 samples/s, not #0's 1000); rnn's every measured epoch shared the cores;
+    # bigru's run logged neither kernel nor FLOP rate
+    assert cells == {"lstm": ("onednn", "900", "1.25"), "rnn": ("aten", "3000 (contended)", "0.5"), "bigru": ("—", "400", "—")}
+    assert "(contended)" in text.split("## Search")[1].split("|")[0]  # the explanatory sentence says what it means
 
 
 def test_comparison_is_paired_holm_corrected_and_counts_each_seed_once(study):

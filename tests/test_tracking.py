@@ -7,7 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import statistics
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +28,13 @@ from harness.runner import build, run_trial
 from harness.tracking import MlflowRun, device_name, experiment_id, get_client, git_commit, study_run
 from harness.train import evaluate
 
-EPOCH_KEYS = {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
+EPOCH_KEYS = {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time_s", "epoch_samples_per_s",
+              "cpu_share"}
 GRAD_KEYS = {"grad_norm", "grad_norm_clipped", "clip_fraction", "grad_nonfinite", "grad_norm/rnn.layer0", "grad_norm/head"}
 GRADFLOW_KEYS = {"gradflow_rate", "gradflow_rate_iqr", "gradflow_rate_bwd", "gradflow_rate_bwd_iqr"}  # a bidirectional model
 FINAL_KEYS = {"test_loss", "test_accuracy", "best_val_accuracy", "best_epoch", "infer_latency_ms_p50",
               "infer_latency_ms_p95", "infer_samples_per_s", "peak_memory_mb", "device_peak_gflops",
+              "train_samples_per_s", "train_samples_per_s_min", "train_samples_per_s_max", "bench_step_ms",
               "train_gflops_per_s", "peak_fraction", "total_time_s", *GRADFLOW_KEYS}
 
 
@@ -72,9 +78,11 @@ def test_trial_run_holds_every_key(workdir):
     assert p["model.arch"] == "brnn" and p["model.hidden_size"] == "12" and p["train.clip_norm"] == "1.0"
     assert p["task.val_size"] == "0.1" and p["train.device"] == "cpu" and p["tracking.grad_stats_every"] == "3"
     assert p["n_params"] == str(count_params(model)) and p["flops_per_sample"] == str(model.flops(40))
+    assert p["kernel"] == "aten"  # nn.RNN runs torch's per-step path on the CPU
     # Tags: where and on which data it ran.
     t = data.tags
     assert t["torch_version"] == torch.__version__ and t["device"] == device_name(torch.device("cpu"))
+    assert t["harness.contended"] == str(result.contended).lower()
     assert {f"split_hash.{k}": v for k, v in task.split_hashes().items()} == {k: v for k, v in t.items() if k.startswith("split_hash.")}
     if git_commit() is not None:  # run from a git checkout
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
@@ -208,3 +216,32 @@ def test_errors_and_pruning_close_the_run(workdir):
     assert runs["boom"].data.tags["harness.failure"] == "RuntimeError" and runs["boom"].data.tags["harness.error"] == "disk on fire"
     assert runs["prune"].info.status == "KILLED" and runs["prune"].data.tags["harness.state"] == "pruned"
     assert client.get_metric_history(runs["prune"].info.run_id, "val_accuracy")[0].step == 1  # logged before the prune
+
+
+def test_a_run_sharing_the_cores_is_tagged_contended_and_alone_it_is_not(workdir):
+    """Two torch threads against spinning Python processes, one per core (at least two): every
+    epoch gets about half the CPU it asks for; the same run alone gets nearly all of it."""
+    exp = experiment(model={"arch": "gru", "hidden_size": 32}, train={"epochs": 4},
+                     task={"n_train": 1024}, tracking={"system_metrics": False, "gradflow": False, "checkpoint": False})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(2, os.cpu_count() or 2))]
+        try:
+            time.sleep(0.5)  # the spinners are up
+            client, shared, shared_run = run_it(exp)
+        finally:
+            for proc in busy:
+                proc.kill()
+                proc.wait()
+        _, alone, alone_run = run_it(exp)
+    finally:
+        torch.set_num_threads(threads)
+    shares = [[m.value for m in client.get_metric_history(r.info.run_id, "cpu_share")] for r in (shared_run, alone_run)]
+    assert all(s < 0.8 for s in shares[0]), shares
+    assert shared_run.data.tags["harness.contended"] == "true" and shared.contended
+    # Every epoch contended: the figure is the median over epochs 2..E all the same, and marked.
+    rates = [h["epoch_samples_per_s"] for h in shared.history[1:]]
+    assert shared_run.data.metrics["train_samples_per_s"] == pytest.approx(statistics.median(rates), rel=1e-9)
+    assert alone_run.data.tags["harness.contended"] == "false" and not alone.contended
+    assert max(shares[1][1:]) >= 0.8, shares

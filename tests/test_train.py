@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
+import time
 
 import optuna
 import pytest
@@ -16,6 +18,7 @@ from harness.config import TrainSettings, validate
 from harness.errors import HarnessError, Pruned
 from harness.gradflow import fixed_batch, measure
 from harness.gradients import GradStats
+from harness.kernels import kernel_path
 from harness.runner import build
 from harness.sweep.space import suggest
 from harness.tasks import load_task
@@ -64,7 +67,8 @@ def test_fit_records_each_epoch_and_tests_the_chosen_checkpoint():
     assert len(result.history) == 3
     assert result.steps == 3 * math.ceil(512 / 64) and result.samples_trained == 3 * 512
     for h in result.history:
-        assert set(h) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s", "train_samples_per_s"}
+        assert set(h) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
+                          "epoch_samples_per_s", "cpu_share"}
         assert h["lr"] == 3e-3
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # it trained
     vals = [h["val_accuracy"] for h in result.history]
@@ -88,6 +92,65 @@ def test_final_metrics_hold_speed_memory_and_flop_rate():
     assert 0 < final["peak_fraction"] < 1
     assert final["peak_fraction"] == pytest.approx(final["train_gflops_per_s"] / final["device_peak_gflops"])
     assert final["total_time_s"] > 0 and final["best_epoch"] == 1
+
+
+def test_training_speed_is_the_median_of_the_uncontended_epochs_after_the_first():
+    exp, task, model = small("gru", epochs=5)
+    result = fit(model, task, exp.train, device=CPU, gradflow=False)
+    final = result.final_metrics()
+    later = result.history[1:]
+    assert all(h["cpu_share"] > 0 and h["epoch_samples_per_s"] > 0 for h in result.history)
+    calm = [h["epoch_samples_per_s"] for h in later if h["cpu_share"] >= 0.8]
+    rates = calm or [h["epoch_samples_per_s"] for h in later]  # all contended: over all of them
+    assert result.contended == (not calm)
+    assert final["train_samples_per_s"] == statistics.median(rates)
+    assert (final["train_samples_per_s_min"], final["train_samples_per_s_max"]) == (min(rates), max(rates))
+    assert final["train_samples_per_s_min"] <= final["train_samples_per_s"] <= final["train_samples_per_s_max"]
+    assert final["peak_fraction"] == pytest.approx(
+        3 * model.flops(task.seq_len) * final["train_samples_per_s"] / 1e9 / final["device_peak_gflops"])
+    # A run of one epoch: that epoch is the figure.
+    exp, task, model = small("gru", epochs=1)
+    one = fit(model, task, exp.train, device=CPU, gradflow=False)
+    assert one.final_metrics()["train_samples_per_s"] == one.history[0]["epoch_samples_per_s"]
+
+
+def test_the_step_benchmark_times_one_training_batch_forward_and_backward():
+    exp, task, model = small("lstm", epochs=1)
+    bench = fit(model, task, exp.train, device=CPU, gradflow=False).final_metrics()["bench_step_ms"]
+    x, y = task.x_train[:64], task.y_train[:64]
+    model.train()
+    times = []
+    for _ in range(25):  # the same step, timed directly
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        task.loss_fn(model(x), y).backward()
+        times.append(time.perf_counter() - t0)
+    direct = statistics.median(times[5:]) * 1e3
+    assert direct / 3 < bench < direct * 3, (bench, direct)
+
+
+@pytest.mark.parametrize(("arch", "kernel"), [("lstm", "onednn"), ("seed-lstm", "onednn"), ("gru", "aten"),
+                                              ("rnn", "aten"), ("rnn-sigmoid", "custom"), ("mlp", "none")])
+def test_the_kernel_is_read_from_the_ops_torch_runs(arch, kernel):
+    if kernel == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN (mkldnn): its LSTM runs the per-step path")
+    model = create_model(arch, input_size=1, output_size=10, io="many-to-one", seq_len=40, hidden_size=16)
+    assert kernel_path(model) == kernel
+    if arch == "lstm":  # torch's oneDNN RNN takes float32 and float16/bfloat16, not float64
+        assert kernel_path(model.double()) == "aten"
+        torch.backends.mkldnn.enabled = False  # (its `flags` context also sets TF32 and warns about it)
+        try:
+            assert kernel_path(model.float()) == "aten"
+        finally:
+            torch.backends.mkldnn.enabled = True
+
+
+def test_layers_on_different_kernels_are_joined_and_a_run_reports_its_own():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN (mkldnn): its LSTM runs the per-step path")
+    assert kernel_path(torch.nn.ModuleList([torch.nn.LSTM(2, 4), torch.nn.GRU(4, 4), torch.nn.LSTM(4, 4)])) == "onednn+aten"
+    exp, task, model = small("gru", epochs=1)
+    assert fit(model, task, exp.train, device=CPU, gradflow=False).kernel == "aten"
 
 
 @pytest.mark.parametrize("arch", ["lstm", "brnn"])

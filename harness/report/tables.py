@@ -43,7 +43,9 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         "failed": (states == "failed").groupby(runs["params.model.arch"]).sum(),
         f"selection score (val {metric})": num(best, f"metrics.best_val_{metric}"),
         "params": num(best, "params.n_params").round().astype("Int64"),
-        "train samples/s": num(best, "metrics.train_samples_per_s").round().astype("Int64"),
+        "kernel": col(best, "params.kernel"),
+        "train samples/s": speed_cells(best),
+        "train GFLOP/s": num(best, "metrics.train_gflops_per_s"),
         "infer ms p50": num(best, "metrics.infer_latency_ms_p50"),
         "peak fraction": num(best, "metrics.peak_fraction"),
         "grad flow rate": num(best, "metrics.gradflow_rate"),
@@ -52,6 +54,15 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     })
     table.index.name = "architecture"
     return table.sort_values(f"selection score (val {metric})", ascending=not maximize, na_position="last")
+
+
+def speed_cells(runs: pd.DataFrame) -> pd.Series:
+    """Training samples/s as whole numbers; a run whose every measured epoch shared the cores with
+    other work (`harness.contended`) is marked unreliable, not published as a figure."""
+    rates = num(runs, "metrics.train_samples_per_s")
+    contended = col(runs, "tags.harness.contended") == "true"
+    cells = [None if r != r else f"{r:.0f}" + (" (contended)" if c else "") for r, c in zip(rates, contended, strict=True)]
+    return pd.Series(cells, index=runs.index, dtype=object)
 
 
 def comparison_table(finals: pd.DataFrame, per_example: Callable[[list[str]], np.ndarray | None]) -> pd.DataFrame:

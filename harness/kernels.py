@@ -1,0 +1,62 @@
+"""Which kernel each recurrent layer of a model runs on: what a speed figure is a property of.
+
+`kernel_path(model)` promises, for the model's current device, dtype and torch's backend switches:
+- `onednn`: the layer runs torch's fused oneDNN (mkldnn) RNN kernel (`aten::mkldnn_rnn_layer`);
+  on torch 2.14's CPU build that is `nn.LSTM` in float32 while `torch.backends.mkldnn` is on;
+- `cudnn`: it runs cuDNN (`aten::_cudnn_rnn`), any recurrent layer on CUDA with cuDNN enabled;
+- `miopen`: the same on ROCm (`aten::miopen_rnn`);
+- `aten`: torch's per-step path, a cell's matmuls and pointwise ops once per time step (on the
+  CPU: `nn.GRU`, `nn.RNN`, and `nn.LSTM` with oneDNN off or in float64);
+- `custom`: a subclass of `nn.RNNBase` with a forward of its own (harness's `ElmanRNN` scan);
+- `none`: no `nn.RNNBase` module at all (the MLP; a plug-in's own recurrence is not seen).
+Layers that differ are joined with `+` in module order (`onednn+aten`). It does not guess from
+versions: it runs one tiny forward of each layer (2 sequences × 3 steps, in eval mode so that no
+dropout draws a random number) and reads which aten ops torch dispatched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["kernel_path", "layer_kernel"]
+
+# aten op (dispatched below autograd) → kernel name; the first one seen decides
+FUSED = {"mkldnn_rnn_layer": "onednn", "_cudnn_rnn": "cudnn", "miopen_rnn": "miopen"}
+TORCH_FORWARDS = {nn.RNN.forward, nn.LSTM.forward, nn.GRU.forward}
+
+
+class _OpNames(TorchDispatchMode):
+    """Notes the name of every aten op run under it (the overload's packet: `mkldnn_rnn_layer`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func._overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def layer_kernel(rnn: nn.RNNBase) -> str:
+    """`onednn`, `cudnn`, `miopen`, `aten` or `custom` for one recurrent module (see module doc)."""
+    if type(rnn).forward not in TORCH_FORWARDS:
+        return "custom"
+    weight = next(rnn.parameters())
+    shape = (2, 3, rnn.input_size) if rnn.batch_first else (3, 2, rnn.input_size)
+    x = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+    was_training = rnn.training
+    rnn.eval()
+    try:
+        with _OpNames() as seen:
+            rnn(x)
+    finally:
+        rnn.train(was_training)
+    return next((kernel for op, kernel in FUSED.items() if op in seen.names), "aten")
+
+
+def kernel_path(model: nn.Module) -> str:
+    """The kernels of the model's recurrent layers, distinct ones joined by `+`; `none` without any."""
+    kernels = [layer_kernel(m) for m in model.modules() if isinstance(m, nn.RNNBase)]
+    return "+".join(dict.fromkeys(kernels)) or "none"
