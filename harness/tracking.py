@@ -286,6 +286,15 @@ def failure_tags(e: BaseException) -> tuple[dict[str, Any], str]:
     return tags | {"harness.failure": type(e).__name__}, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
 
 
+def end_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    """End a run that is still RUNNING as `error` ends one (KILLED for Ctrl-C, FAILED with the
+    reason otherwise): for a run opened before training that failed before the loop began."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        tags, status = failure_tags(error)
+        set_tags(client, run_id, tags)
+        client.set_terminated(run_id, status)
+
+
 class MlflowRun(Callback):
     """One training run as one MLflow run: created when the loop starts (`run_id` is set then),
     metrics buffered as epochs and gradient records come, artifacts and the final status at the

@@ -524,12 +524,13 @@ def test_two_cpu_workers_share_sqlite_and_survive_one_killed(exp_file, workdir):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly(exp_file, workdir):
+@pytest.mark.parametrize("delay", [0.0, 0.5])  # as the run opens (before the loop begins), and inside the loop
+def test_ctrl_c_stops_cleanly(exp_file, workdir, delay):
     cmd = sweep_cmd(exp_file, "--n-trials", "3", *SLOW)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         (victim,) = wait_for(running_trial_runs, what="a trial's MLflow run")
-        time.sleep(0.5)  # inside the training loop
+        time.sleep(delay)
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=60)
     finally:

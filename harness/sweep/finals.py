@@ -23,9 +23,8 @@ from harness.config import Experiment, tracking_uri
 from harness.runner import run_trial
 from harness.sweep import workers
 from harness.sweep.objective import Objective, Plan, objective_value
-from harness.sweep.recovery import close_run
 from harness.sweep.storage import machine_lock
-from harness.tracking import MlflowRun, find_runs, get_client, run_name
+from harness.tracking import MlflowRun, end_failed, find_runs, get_client, run_name
 
 SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds
 
@@ -101,8 +100,10 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
                 continue
             try:
                 result = run_trial(fexp, [tracked, workers.StopOnSignal()])
-            except Exception as e:  # recorded FAILED in MLflow by its run; the other repeats go on
-                close_run(client, tracked.run_id, type(e).__name__, str(e))  # if it failed before training began
+            except BaseException as e:  # ended by its run once training began; before that, here
+                end_failed(client, tracked.run_id, e)
+                if not isinstance(e, Exception):
+                    raise
                 print(f"harness: final run of {arch} (trial #{t.number}) seed {seed} failed: {e}", file=sys.stderr)
                 continue
             out.append(FinalRun(arch, config, t.number, seed, objective_value(result, obj.key), result.test_metric,

@@ -22,7 +22,7 @@ from harness.sweep import grid, optuna_private, recovery, workers
 from harness.sweep.counting import SURPLUS, Surplus, is_surplus
 from harness.sweep.space import suggest
 from harness.tasks import Task
-from harness.tracking import MlflowRun, SeedGroupRun, get_client, run_name, set_tags
+from harness.tracking import MlflowRun, SeedGroupRun, end_failed, get_client, run_name, set_tags
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class TrialObjective:
             try:
                 results, run_ids = [run_trial(trial_exp, [run, PruneOnSignal(trial, prune_on, epochs)])], [run.run_id]
             except BaseException as e:  # ended by the run itself once training began; before that, here
-                recovery.close_run(self.client, run.run_id, type(e).__name__, str(e) or repr(e))
+                end_failed(self.client, run.run_id, e)
                 raise
         else:
             group = SeedGroupRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
