@@ -129,11 +129,14 @@ def test_the_step_benchmark_times_one_training_batch_forward_and_backward():
     assert direct / 3 < bench < direct * 3, (bench, direct)
 
 
-@pytest.mark.parametrize(("arch", "kernel"), [("lstm", "onednn"), ("seed-lstm", "onednn"), ("gru", "aten"),
-                                              ("rnn", "aten"), ("rnn-sigmoid", "custom"), ("mlp", "none")])
+NO_ONEDNN = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                               reason="this torch build has no oneDNN (mkldnn): its LSTM runs the per-step path")
+
+
+@pytest.mark.parametrize(("arch", "kernel"), [
+    pytest.param("lstm", "onednn", marks=NO_ONEDNN), pytest.param("seed-lstm", "onednn", marks=NO_ONEDNN),
+    ("gru", "aten"), ("rnn", "aten"), ("rnn-sigmoid", "custom"), ("mlp", "none")])
 def test_the_kernel_is_read_from_the_ops_torch_runs(arch, kernel):
-    if kernel == "onednn" and not torch.backends.mkldnn.is_available():
-        pytest.skip("this torch build has no oneDNN (mkldnn): its LSTM runs the per-step path")
     model = create_model(arch, input_size=1, output_size=10, io="many-to-one", seq_len=40, hidden_size=16)
     assert kernel_path(model) == kernel
     if arch == "lstm":  # torch's oneDNN RNN takes float32 and float16/bfloat16, not float64
@@ -145,9 +148,8 @@ def test_the_kernel_is_read_from_the_ops_torch_runs(arch, kernel):
             torch.backends.mkldnn.enabled = True
 
 
+@NO_ONEDNN
 def test_layers_on_different_kernels_are_joined_and_a_run_reports_its_own():
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("this torch build has no oneDNN (mkldnn): its LSTM runs the per-step path")
     assert kernel_path(torch.nn.ModuleList([torch.nn.LSTM(2, 4), torch.nn.GRU(4, 4), torch.nn.LSTM(4, 4)])) == "onednn+aten"
     exp, task, model = small("gru", epochs=1)
     assert fit(model, task, exp.train, device=CPU, gradflow=False).kernel == "aten"
