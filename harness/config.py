@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from harness.errors import HarnessError
 
@@ -23,6 +25,16 @@ DEFAULT_EXPERIMENT = Path("experiments/quickstart.toml")
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` if set, else `mlflow.db` (SQLite) in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def masked(url: str) -> str:
+    """The URL without its password, fit to print and log (every place a storage URL reaches MLflow
+    or the terminal goes through here)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a database URL (journal:PATH): it holds no password
+        return url
+    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
 
 
 def default_storage() -> str:
@@ -90,10 +102,10 @@ class ParamSpec(_Section):
     """One search dimension: `[a, b, c]` (categorical) or `{low, high, log?, step?}`."""
 
     choices: list[Any] | None = None
-    low: float | None = None
-    high: float | None = None
+    low: int | float | None = None  # ints stay ints: an integer range samples integers
+    high: int | float | None = None
     log: bool = False
-    step: float | None = None
+    step: int | float | None = None
 
     @model_validator(mode="before")
     @classmethod

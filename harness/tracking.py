@@ -49,7 +49,7 @@ from mlflow.utils import get_results_from_paginated_fn
 
 from harness.archs import arch_info
 from harness.callbacks import Callback, FitStart, TrialResult
-from harness.config import Experiment, TrackingSettings, tracking_uri
+from harness.config import Experiment, TrackingSettings, masked, tracking_uri
 from harness.errors import Diverged, Pruned
 from harness.gradflow import GradFlow
 from harness.gradflow import write as write_gradflow
@@ -262,7 +262,10 @@ def write_artifacts(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if cfg.settings_file:
-            (folder / "settings.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
+            settings = exp.model_dump(mode="json")
+            if settings["sweep"].get("storage"):  # a database password never reaches MLflow
+                settings["sweep"]["storage"] = masked(settings["sweep"]["storage"])
+            (folder / "settings.json").write_text(json.dumps(settings, indent=2))
         if cfg.learning_curve and history:
             learning_curve(history, metric, best_epoch, folder / "learning_curve.png")
         if flow is not None:  # measured only when `tracking.gradflow` is on

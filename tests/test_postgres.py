@@ -119,3 +119,31 @@ def test_unreachable_postgres_is_one_line(workdir):
     assert "sweep.storage: cannot open postgresql://u:***@127.0.0.1" in str(e.value) and "secret" not in str(e.value)
     assert "\n" not in str(e.value) and time.time() - t0 < 30
 
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_storage_password_never_reaches_mlflow(postgres_url, workdir):
+    """The test server trusts every local connection, so a password in the URL is accepted and unused:
+    any place it turns up in MLflow was written there by harness."""
+    password = "s3cret-Pa55"
+    url = postgres_url.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+    exp_file = workdir / "tiny.toml"
+    exp_file.write_text(EXPERIMENT)
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(exp_file), "--storage", url, "--study", "secret",
+                           "--n-trials", "1", "--repeat", "1", "--set", "task.n_train=128", "--set", "train.epochs=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert password not in done.stdout + done.stderr and "postgres:***@" in done.stdout
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("secret").experiment_id], max_results=100)
+    assert {r.data.tags["harness.role"] for r in runs} == {"study", "trial", "final"}
+    for r in runs:
+        text = " ".join([*r.data.params.values(), *r.data.tags.values(), *r.data.params, *r.data.tags])
+        assert password not in text, r.info.run_name
+        folder = Path(client.download_artifacts(r.info.run_id, "", str(workdir / "artifacts" / r.info.run_id)))
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert password.encode() not in path.read_bytes(), path
+    assert any((workdir / "artifacts").rglob("settings.json"))  # the file that used to hold it was searched
+    assert password not in (workdir / "reports" / "secret.md").read_text()

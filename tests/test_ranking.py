@@ -208,3 +208,13 @@ def test_per_architecture_lists_of_one_name_need_a_grid(tiny, workdir):
 def runs_of_any() -> list:
     client = MlflowClient()
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_an_integer_range_samples_integers(tiny, workdir):
+    exp = load(tiny, "sweep.n_trials=3", "sweep.space_by_arch={}",
+               "sweep.space={'model.arch' = ['gru'], 'model.hidden_size' = { low = 4, high = 12, step = 4 }}")
+    outcome = run(exp, progress=False)
+    sizes = [t.params["model.hidden_size"] for t in outcome.study.trials]
+    assert all(t.state == TrialState.COMPLETE for t in outcome.study.trials)
+    assert all(isinstance(h, int) and h in (4, 8, 12) for h in sizes), sizes
+    assert {r.data.params["model.hidden_size"] for r in runs_of(role="trial")} == {str(h) for h in sizes}

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import optuna
 from filelock import FileLock
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from harness.config import default_storage
+from harness.config import default_storage, masked
 from harness.errors import HarnessError
 from harness.sweep.recovery import lost_trial
+
+__all__ = ["machine_lock", "make_storage", "masked", "resolve_storage", "with_driver"]
 
 HEARTBEAT_S = 10  # a worker's trial records a heartbeat this often (RDB storages)
 GRACE_S = 60  # a RUNNING trial without a heartbeat for this long is failed and re-queued
@@ -39,15 +39,6 @@ def resolve_storage(spec: str | None) -> str:
         raise HarnessError(f"sweep.storage: {spec!r} is neither a database URL (sqlite:///optuna.db, "
                            "postgresql://user:pass@host/db) nor a journal file (journal:PATH or *.log)")
     return spec
-
-
-def masked(url: str) -> str:
-    """The URL without its password, fit to print and log."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:  # not a database URL (journal:PATH): it holds no password
-        return url
-    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
 
 
 def with_driver(url: str) -> str:
