@@ -310,6 +310,7 @@ class MlflowRun(Callback):
         self.run_id: str | None = None
         self.start: FitStart | None = None
         self.monitor = None
+        self.params: dict[str, Any] = {}
 
     def open(self) -> str:
         """Create the run now (RUNNING, its tags only), before training: e.g. to claim work that
@@ -325,6 +326,7 @@ class MlflowRun(Callback):
         if "harness.trial" in self.tags:
             params["trial_number"] = self.tags["harness.trial"]
         log_params(self.client, self.run_id, params)
+        self.params = params  # what a seed group copies, without reading the run back
         set_tags(self.client, self.run_id, run_tags(start.task, start.device))
         self.buffer = MetricBuffer(self.client, self.run_id)
         self.monitor = start_system_metrics(self.client, self.run_id, self.exp.tracking)
@@ -387,9 +389,9 @@ class SeedGroupRun:
         tags = {**self.tags, "harness.role": "seed", "harness.seed_index": index}
         return MlflowRun(self.client, self.exp_id, exp, name=f"{self.name}-s{exp.train.seed}", tags=tags, parent=self.run_id)
 
-    def finish(self, results: list[TrialResult], first_seed_run: str) -> None:
-        seed_params = self.client.get_run(first_seed_run).data.params
-        extra = {k: v for k, v in seed_params.items() if k not in self.params}  # sizes, families, the task's defaults
+    def finish(self, results: list[TrialResult], first_seed: MlflowRun) -> None:
+        # sizes, families, the task's defaults: what the first seed's run logged beyond the configuration
+        extra = {k: v for k, v in first_seed.params.items() if k not in self.params}
         finals = [r.final_metrics() for r in results]
         per_epoch = set(results[0].history[-1]) if results[0].history else set()
         metrics = []

@@ -35,7 +35,7 @@ from harness.gradients import FiniteCheck, GradStats, clip_, grad_norm
 from harness.kernels import kernel_path
 from harness.tasks import Task
 
-__all__ = ["Diverged", "TrialResult", "evaluate", "fit", "flush_denormals", "make_optimizer", "per_example"]
+__all__ = ["Diverged", "TrialResult", "evaluate", "fit", "flush_denormals", "make_optimizer"]
 
 
 def flush_denormals() -> None:
@@ -55,32 +55,31 @@ def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int) -> tuple[float, float]:
     """Mean loss and metric of a split, in eval mode."""
+    loss, metric, _ = _evaluate(model, task, which, device, batch_size, each=False)
+    return loss, metric
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int,
+              each: bool) -> tuple[float, float, list[float]]:
+    """Mean loss and metric of a split in one pass and, with `each`, the metric of every example on
+    its own: what a bootstrap over test examples resamples (every built-in task weighs its examples
+    equally, so their mean is the metric)."""
     model.eval()
     x, y = task.split(which)
     loss = metric = 0.0
+    values = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         out = model(xb)
         n = len(xb)
         loss += task.loss_fn(out, yb).item() * n
         metric += task.metric_fn(out, yb).item() * n
-    return loss / len(x), metric / len(x)
-
-
-@torch.no_grad()
-def per_example(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int) -> list[float]:
-    """The metric of each example of a split on its own: what a bootstrap over test examples
-    resamples (every built-in task weighs its examples equally, so their mean is the metric)."""
-    model.eval()
-    x, y = task.split(which)
-    values = []
-    for i in range(0, len(x), batch_size):
-        out, yb = model(x[i : i + batch_size].to(device)), y[i : i + batch_size].to(device)
-        values += [task.metric_fn(out[j : j + 1], yb[j : j + 1]) for j in range(len(yb))]
-    return torch.stack(values).float().cpu().tolist()
+        if each:
+            values += [task.metric_fn(out[j : j + 1], yb[j : j + 1]) for j in range(n)]
+    return loss / len(x), metric / len(x), torch.stack(values).float().cpu().tolist() if values else []
 
 
 def fit(
@@ -221,7 +220,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     model.load_state_dict(best_state)
     if gradflow:  # on the chosen weights, before the test split is looked at
         result.gradflow = flow.measure(model, *flow.fixed_batch(task), task.loss_fn, device)
-    result.test_loss, result.test_metric = evaluate(model, task, "test", device, cfg.eval_batch_size)
-    result.test_per_example = per_example(model, task, "test", device, cfg.eval_batch_size)
+    result.test_loss, result.test_metric, result.test_per_example = _evaluate(
+        model, task, "test", device, cfg.eval_batch_size, each=True)
     result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device)
     result.speed["peak_memory_mb"] = speed.peak_memory_mb(device)

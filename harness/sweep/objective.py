@@ -169,14 +169,14 @@ class TrialObjective:
             # Recorded before anything else happens, so a worker that dies now leaves a run to close.
             trial.set_user_attr("mlflow_run_id", run.open())
             try:
-                results, run_ids = [run_trial(trial_exp, [run, PruneOnSignal(trial, prune_on, epochs)])], [run.run_id]
+                results, trial_run = [run_trial(trial_exp, [run, PruneOnSignal(trial, prune_on, epochs)])], run.run_id
             except BaseException as e:  # ended by the run itself once training began; before that, here
                 end_failed(self.client, run.run_id, e)
                 raise
         else:
             group = SeedGroupRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
             trial.set_user_attr("mlflow_run_id", group.run_id)
-            results, run_ids, curves = [], [group.run_id], []
+            results, trial_run, curves, seed_runs = [], group.run_id, [], []
             try:
                 for j in range(exp.sweep.seeds):
                     seed_exp = trial_exp.with_values({"train.seed": trial_exp.train.seed + j})
@@ -184,15 +184,15 @@ class TrialObjective:
                     watch = PruneOnSignal(trial, prune_on, epochs, seed_index=j, earlier=curves)
                     results.append(run_trial(seed_exp, [run, watch]))
                     curves.append(watch.curve)
-                    run_ids.append(run.run_id)
-                group.finish(results, run_ids[1])
+                    seed_runs.append(run)
+                group.finish(results, seed_runs[0])
             except BaseException as e:
                 group.fail(e)
                 raise
         try:
             return [sum(objective_value(r, o.key) for r in results) / len(results) for o in plan.objectives]
         except HarnessError as e:  # the runs trained, but the trial fails: say so in MLflow too
-            set_tags(self.client, run_ids[0], {"harness.state": "failed", "harness.failure": "objective", "harness.error": str(e)})
-            self.client.set_terminated(run_ids[0], "FAILED")
+            set_tags(self.client, trial_run, {"harness.state": "failed", "harness.failure": "objective", "harness.error": str(e)})
+            self.client.set_terminated(trial_run, "FAILED")
             raise
 
