@@ -125,11 +125,16 @@ def _sweep_experiment(args):
 
 
 def _sweep(args) -> int:
+    from harness.config import experiment_path
+    from harness.provenance import command_line, file_digest
     from harness.report import write_report
     from harness.sweep import run
     from harness.tracking import tracking_uri
 
-    outcome = run(_sweep_experiment(args))
+    exp = _sweep_experiment(args)
+    path = experiment_path(args.experiment)
+    source = {"command": command_line(sys.argv[1:]), "experiment_file": str(path), "experiment_sha256": file_digest(path)}
+    outcome = run(exp, source=source)
     print("\n".join(outcome.lines()))
     try:
         path = write_report(outcome.study.study_name, args.out)

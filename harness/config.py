@@ -169,6 +169,18 @@ class SweepSettings(_Section):
         return v
 
 
+class Reference(_Section):
+    """`[[reference]]`: a published figure the report prints beside harness's own: the value the
+    cited source states for `family` on this task's `metric` (e.g. `accuracy`), never a figure read
+    off a plot or recomputed."""
+
+    family: str = Field(min_length=1)  # as the registry names families: RNN, LSTM, GRU, BRNN, MLP
+    metric: str = Field(min_length=1)
+    value: float
+    source: str = Field(min_length=1)  # the citation: authors, year, title or URL, and where in it
+    note: str = ""  # how the published set-up differs from this experiment's
+
+
 class Experiment(_Section):
     name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
@@ -177,6 +189,7 @@ class Experiment(_Section):
     train: TrainSettings = TrainSettings()
     tracking: TrackingSettings = TrackingSettings()
     sweep: SweepSettings = SweepSettings()
+    reference: list[Reference] = []
 
     def with_values(self, values: dict[str, Any]) -> Experiment:
         """A new validated experiment with dotted keys (`train.lr`) set."""
@@ -187,7 +200,7 @@ class Experiment(_Section):
 
     def flat(self) -> dict[str, Any]:
         """The resolved settings as dotted keys (the sweep's search space excluded)."""
-        return {k: v for k, v in flatten(self.model_dump()).items() if not k.startswith("sweep.space")}
+        return {k: v for k, v in flatten(self.model_dump()).items() if not k.startswith(("sweep.space", "reference"))}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -239,16 +252,23 @@ def validate(raw: dict[str, Any], source: str = "experiment") -> Experiment:
         raise HarnessError(_one_line(e, source)) from None
 
 
-def load_experiment(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Experiment:
-    """Read an experiment file (default: experiments/quickstart.toml) and apply `--set`s.
-
-    A bare name (`quickstart`) means `experiments/<name>.toml`.
-    """
+def experiment_path(path: str | Path | None = None) -> Path:
+    """The experiment file a command names: a path, a bare name (`quickstart` means
+    `experiments/quickstart.toml`), or the default."""
     p = Path(path) if path else DEFAULT_EXPERIMENT
     if not p.exists() and p.suffix != ".toml" and (Path("experiments") / f"{p}.toml").exists():
         p = Path("experiments") / f"{p}.toml"
     if not p.is_file():
         raise HarnessError(f"experiment file {str(p)!r} not found; pass a path to a .toml file (see experiments/)")
+    return p
+
+
+def load_experiment(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Read an experiment file (default: experiments/quickstart.toml) and apply `--set`s.
+
+    A bare name (`quickstart`) means `experiments/<name>.toml`.
+    """
+    p = experiment_path(path)
     try:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness import provenance
 from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
 from harness.sweep import grid, workers
@@ -123,10 +124,12 @@ class SweepOutcome:
 
 def run(
     exp: Experiment, *, study_name: str | None = None, storage: str | None = None, progress: bool | None = None,
+    source: dict[str, str] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the study until it holds `sweep.n_trials` ended trials or `timeout`
     passes, on every slot `sweep.devices` × `sweep.jobs` gives, then tag the Pareto front and
-    run the repeats. `progress`: None shows the live display when stdout is a terminal."""
+    run the repeats. `progress`: None shows the live display when stdout is a terminal;
+    `source`: the command and experiment file, recorded for the report's reproduction section."""
     if study_name:
         exp = exp.with_values({"name": study_name})
     url = resolve_storage(storage or exp.sweep.storage)
@@ -147,6 +150,7 @@ def run(
     with machine_lock(tracking_uri()):
         client = get_client()
         exp_id, parent = parent_run(client, exp, url)
+        set_tags(client, parent, provenance.study_tags(exp, url, [s.device for s in slots], source))
     status, pareto, finals, edge = "FAILED", [], [], []
     try:
         fail_lost_trials(study)

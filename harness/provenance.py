@@ -1,0 +1,51 @@
+"""How to reproduce a study: what its parent run records each time a sweep command runs it, and
+the report's "Reproduction" section reads back (tags `harness.repro.*`): the exact command, the
+experiment file and its SHA-256, the harness commit, the versions of torch, MLflow, Optuna and
+Python, the devices, the date and the storage (password masked); plus the experiment's published
+references (`harness.references`, JSON)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import platform
+import shlex
+from pathlib import Path
+
+import mlflow
+import optuna
+import torch
+
+from harness.config import Experiment, masked
+
+PREFIX = "harness.repro."
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed, every database URL in it with its password masked."""
+    return shlex.join(["harness", *(masked(a) for a in argv)])
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def study_tags(exp: Experiment, storage: str, devices: list[str], source: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent run's reproduction tags; `source` adds `command`, `experiment_file` and
+    `experiment_sha256` when the sweep came from the command line."""
+    from harness.tracking import device_name, git_commit  # tracking imports torch's model code
+
+    tags = {
+        "git_commit": git_commit() or "not a git checkout",
+        "torch": torch.__version__, "mlflow": mlflow.__version__, "optuna": optuna.__version__,
+        "python": platform.python_version(),
+        "device": ", ".join(dict.fromkeys(device_name(torch.device(d)) for d in devices)),
+        "storage": masked(storage),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        **(source or {}),
+    }
+    out = {PREFIX + k: v for k, v in tags.items()}
+    if exp.reference:
+        out["harness.references"] = json.dumps([r.model_dump() for r in exp.reference])
+    return out
