@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--pruner", choices=["median", "hyperband", "none"])
     sw.add_argument("--out", default="reports", help="where the report goes (default reports/)")
 
-    rp = sub.add_parser("report", help="write the markdown report of a study from MLflow")
-    rp.add_argument("study")
+    rp = sub.add_parser("report", help="write the markdown report of a study (or, with --all, of every study and the leaderboard)")
+    rp.add_argument("study", nargs="?", help="the study's name (its MLflow experiment)")
+    rp.add_argument("--all", action="store_true", help="every study in the store, then the leaderboard README.md across them")
     rp.add_argument("--out", default="reports", help="output folder (default reports/)")
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over harness's tracking store")
@@ -133,7 +134,7 @@ def _sweep(args) -> int:
 
     exp = _sweep_experiment(args)
     path = experiment_path(args.experiment)
-    source = {"command": command_line(sys.argv[1:]), "experiment_file": str(path), "experiment_sha256": file_digest(path)}
+    source = {"command": command_line(args.argv), "experiment_file": str(path), "experiment_sha256": file_digest(path)}
     outcome = run(exp, source=source)
     print("\n".join(outcome.lines()))
     try:
@@ -147,9 +148,22 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
-    from harness.report import write_report
+    from harness.report import write_leaderboard, write_report
+    from harness.report.leaderboard import study_names
+    from harness.report.runs import open_store
 
-    print(write_report(args.study, args.out))
+    if bool(args.study) == args.all:
+        raise HarnessError("report: name one study (harness report STUDY) or pass --all, not both")
+    names = study_names(open_store()) if args.all else [args.study]
+    for name in names:
+        try:
+            print(write_report(name, args.out))
+        except HarnessError as e:
+            if not args.all:
+                raise
+            print(f"harness: {name}: no report: {e}", file=sys.stderr)
+    if args.all:
+        print(write_leaderboard(args.out))
     return 0
 
 
@@ -165,7 +179,9 @@ COMMANDS = {"list": _list, "run": _run, "sweep": _sweep, "report": _report, "ui"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # as typed: the study records its command
     # Not MLflow's schema-migration chatter: the variable rules when mlflow is imported later,
     # the level when it already was.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

@@ -1,8 +1,9 @@
-"""How to reproduce a study: what its parent run records each time a sweep command runs it, and
-the report's "Reproduction" section reads back (tags `harness.repro.*`): the exact command, the
+"""How to reproduce a study: what its parent run records each time a sweep command runs it, and the
+report's "Reproduction" section reads back (tags `harness.repro.*`): the exact command, the
 experiment file and its SHA-256, the harness commit, the versions of torch, MLflow, Optuna and
 Python, the devices, the date and the storage (password masked); plus the experiment's published
-references (`harness.references`, JSON)."""
+references (`harness.references`, JSON). Torch is imported only when the tags are written, so the
+report can read `PREFIX` without it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ import json
 import platform
 import shlex
 from pathlib import Path
-
-import mlflow
-import optuna
-import torch
 
 from harness.config import Experiment, masked
 
@@ -34,7 +31,11 @@ def file_digest(path: str | Path) -> str:
 def study_tags(exp: Experiment, storage: str, devices: list[str], source: dict[str, str] | None = None) -> dict[str, str]:
     """The parent run's reproduction tags; `source` adds `command`, `experiment_file` and
     `experiment_sha256` when the sweep came from the command line."""
-    from harness.tracking import device_name, git_commit  # tracking imports torch's model code
+    import mlflow
+    import optuna
+    import torch
+
+    from harness.tracking import device_name, git_commit
 
     tags = {
         "git_commit": git_commit() or "not a git checkout",

@@ -97,3 +97,24 @@ def test_missing_and_malformed_files(tmp_path):
 def test_bare_experiment_name_resolves_under_experiments(monkeypatch):
     monkeypatch.chdir(EXPERIMENTS.parent)
     assert load_experiment("quickstart").name == "quickstart"
+
+
+def test_references_are_validated_and_stay_out_of_the_flat_settings(tmp_path):
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[[reference]]\nfamily = "GRU"\nmetric = "accuracy"\nvalue = 0.91\nsource = "Paper 2020, table 2"\n')
+    exp = load_experiment(ok)
+    assert [(r.family, r.value, r.note) for r in exp.reference] == [("GRU", 0.91, "")]
+    assert not any(k.startswith("reference") for k in exp.flat())  # logged as one JSON tag, not as params
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[reference]]\nfamily = "GRU"\nmetric = "accuracy"\nvalue = "high"\n')
+    with pytest.raises(HarnessError) as e:
+        load_experiment(bad)
+    assert str(e.value).startswith(f"{bad}: reference.0.") and "\n" not in str(e.value)
+
+
+def test_the_recorded_command_masks_a_database_password():
+    from harness.provenance import command_line
+
+    line = command_line(["sweep", "exp file.toml", "--storage", "postgresql://user:s3cret@db.example/optuna"])
+    assert "s3cret" not in line
+    assert line == "harness sweep 'exp file.toml' --storage 'postgresql://user:***@db.example/optuna'"  # as a shell reads it

@@ -55,6 +55,7 @@ def study(workdir):
     _run(client, exp_id, "rnn-#3", arch="rnn", val=0.50, test=0.52, speed=3000.0, number=3, kernel="aten", gflops=0.5,
          **{"harness.contended": "true"})
     _run(client, exp_id, "rnn-#4", arch="rnn", state="failed", number=4, **{"harness.failure": "diverged"})
+    _run(client, exp_id, "rnn-#6", arch="rnn", state="failed", number=6, **{"harness.failure": "KeyboardInterrupt"})
     _run(client, exp_id, "bigru-#5", arch="bigru", val=0.97, test=0.93, speed=400.0, number=5,
          flow={"gradflow_rate": -0.4, "gradflow_rate_bwd": -1.23456e-5})
     source = {"lstm": 1, "rnn": 3, "bigru": 5}
@@ -116,9 +117,9 @@ def test_comparison_is_paired_holm_corrected_and_counts_each_seed_once(study):
     from scipy import stats
 
     text = write_report("s").read_text()
-    header = next(line for line in text.split("## Comparison")[1].splitlines() if line.startswith("| architecture"))
+    header = next(line for line in text.split("## Families")[1].splitlines() if line.startswith("| architecture"))
     names = [c.strip() for c in header.split("|")[1:-1]]
-    rows = {c[0]: dict(zip(names, c, strict=True)) for c in table(text, "Comparison")}
+    rows = {c[0]: dict(zip(names, c, strict=True)) for c in table(text, "Families")}
     assert list(rows) == ["bigru", "lstm", "rnn"]  # by the final runs' mean test accuracy
     assert float(rows["lstm"]["test accuracy"]) == pytest.approx(0.92)  # the duplicate and the old configuration are out
     assert rows["lstm"]["seeds"] == "3" and rows["bigru"]["verdict"] == "best"
@@ -147,9 +148,19 @@ def test_unfinished_trials_are_explained(study):
     header = next(line for line in text.split("## Trials that did not finish")[1].splitlines() if line.startswith("| architecture"))
     reasons = [c.strip() for c in header.split("|")[2:-1]]
     assert {arch: dict(zip(reasons, map(int, cells), strict=True)) for arch, cells in rows.items()} == {
-        "lstm": {"diverged": 0, "pruned": 1}, "rnn": {"diverged": 1, "pruned": 0}}
+        "lstm": {"KeyboardInterrupt": 0, "diverged": 0, "pruned": 1}, "rnn": {"KeyboardInterrupt": 1, "diverged": 1, "pruned": 0}}
     assert (study / "reports" / "s_curves.png").stat().st_size > 1000
     assert (study / "reports" / "s_speed.png").stat().st_size > 1000
+
+
+def test_an_interrupted_trial_is_counted_as_interrupted_not_as_the_architectures_failure(study):
+    text = write_report("s").read_text()
+    assert "7 search trials (4 complete, 1 pruned, 1 failed, 1 interrupted)" in text
+    header = next(line for line in text.split("## Families")[1].splitlines() if line.startswith("| architecture"))
+    names = [c.strip() for c in header.split("|")[1:-1]]
+    rows = {c[0]: dict(zip(names, c, strict=True)) for c in table(text, "Families")}
+    counts = {arch: tuple(row[k] for k in ("trials", "pruned", "diverged", "failed", "interrupted")) for arch, row in rows.items()}
+    assert counts == {"bigru": ("1", "0", "0", "0", "0"), "lstm": ("3", "1", "0", "0", "0"), "rnn": ("3", "0", "1", "0", "1")}
 
 
 @pytest.mark.parametrize(
@@ -203,14 +214,14 @@ def test_a_lower_is_better_metric_is_ranked_ascending(workdir, lower_is_better_t
     assert main(["sweep", str(workdir / "exp.toml"), "--out", str(workdir / "out")]) == 0
     text = (workdir / "out" / "low.md").read_text()
     assert "metric `abs_error` (lower is better)" in text
-    for section, column in (("Comparison", "test abs_error"), ("Search", "selection score (val abs_error)")):
+    for section, column in (("Families", "test abs_error"), ("Search", "selection score (val abs_error)")):
         header = next(line for line in text.split(f"## {section}")[1].splitlines() if line.startswith("| architecture"))
         index = [c.strip() for c in header.split("|")[1:-1]].index(column)
         rows = table(text, section)
         values = [float(r[index]) for r in rows]
         assert len(values) == 3 and values == sorted(values) and values[0] < values[-1], section
         assert {r[1] for r in rows} == {"RNN", "GRU", "MLP"}  # families as the registry logged them
-    assert table(text, "Comparison")[0][5] == "best"
+    assert table(text, "Families")[0][5] == "best"
 
 
 def test_unknown_study_and_missing_store(workdir):

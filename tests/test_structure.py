@@ -77,8 +77,10 @@ def test_architectures_and_tasks_never_import_each_other():
 
 def test_the_report_reads_mlflow_only_and_imports_no_torch():
     for path in (PACKAGE / "report").glob("*.py"):
-        assert imports_any(path, "torch", "optuna", "harness.sweep", "harness.train", "harness.archs",
+        assert imports_any(path, "torch", "harness.sweep", "harness.train", "harness.archs",
                            "harness.tasks", "harness.tracking") == [], path
+        # Optuna only as a library for hyperparameter importance, over what MLflow holds; never a storage
+        assert path.name == "plots.py" or imports_any(path, "optuna") == [], path
     # And at run time: writing the module graph of `harness.report` loads no torch.
     code = "import sys, harness.report; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

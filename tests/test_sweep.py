@@ -543,3 +543,15 @@ def test_ctrl_c_stops_cleanly(exp_file, workdir, delay):
     (parent,) = runs_of(role="study")
     assert parent.info.status == "KILLED"
     assert not [r for r in runs_of() if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_final_runs_are_shared_among_the_workers_each_seed_once(exp_file, workdir):
+    outcome = run(load(exp_file, "sweep.n_trials=2", "sweep.jobs=2", "sweep.repeat=3", "sweep.sampler=grid",
+                       "sweep.space={\"model.arch\" = [\"rnn\", \"gru\"]}", "sweep.space_by_arch={}"), progress=False)
+    finals = runs_of(role="final")
+    assert len(finals) == 6 and all(r.info.status == "FINISHED" for r in finals)
+    pairs = [(r.data.tags["harness.config"], r.data.tags["harness.seed"]) for r in finals]
+    assert len(set(pairs)) == 6  # no (configuration, seed) trained twice
+    assert len({r.data.tags["harness.worker"] for r in finals}) == 2  # both workers trained some
+    assert sorted((f.arch, f.seed) for f in outcome.finals) == sorted((a, s) for a in ("gru", "rnn") for s in (1000, 1001, 1002))

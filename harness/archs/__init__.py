@@ -55,13 +55,12 @@ from importlib.metadata import entry_points
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.families import FAMILIES
 from harness.registry import Registry, meta_of, set_meta
 
 IO_KINDS = ("one-to-one", "one-to-many", "many-to-one", "many-to-many")
 CONTRACT = ("input_size", "output_size", "io", "seq_len")  # keywords every factory takes
 ENTRY_POINT_GROUP = "harness.archs"
-# The families a report compares; BRNN is every bidirectional model, whatever its cell.
-FAMILIES = ("RNN", "LSTM", "GRU", "BRNN", "MLP", "custom")
 
 _registry = Registry("architecture")
 _plugins_loaded = False

@@ -1,116 +1,227 @@
-"""Reports: a study's runs in MLflow → pandas → `reports/<study>.md` and PNG plots.
+"""Reports: a study's runs in MLflow → pandas → `reports/<study>.md` and PNG plots, and across
+studies the leaderboard `reports/README.md` (harness.report.leaderboard).
 
 Reads only what tracking wrote (never a sweep's memory) and imports no torch: families and the
-metric's direction come from each run's params (`arch_family`, `task_metric_direction`). The
-report answers, per architecture: how well (the final runs' test metric with a bootstrap interval
-over seeds and test examples, and a paired, Holm-corrected test against the best), how fast
-(training and inference speed, share of the device's matmul peak), and why not (budget-limited
-runs, edges of the search space, pruned and failed trials with their reasons, the per-step
-rate at which the gradient vanishes or grows through time). `runs` reads MLflow,
-`stats` computes, `tables` and `plots` render, this module writes the markdown.
+metric's direction come from each run's params (`arch_family`, `task_metric_direction`). A study's
+report, in order: a headline answering the study's question from the numbers; the families table
+(how well: the final runs' test metric with a bootstrap interval and a paired, Holm-corrected
+verdict against the best; at what cost: size, FLOPs, speed, kernel; why: best epoch,
+budget-limited, gradient-flow rate; and the search's trial counts); the plots; the search's best
+trials; the trials that did not finish; published references beside harness's numbers; and how to
+reproduce it. `runs` reads MLflow, `study` and `stats` compute, `tables` and `plots` render, this
+module writes the markdown. Files are written beside the old ones and renamed over them at the
+end, so a generation that fails leaves the previous report whole.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from harness.report.plots import plots
-from harness.report.runs import (
-    metric_name,
-    num,
-    open_store,
-    per_example,
-    select_finals,
-    state,
-    study_runs,
-    study_tags,
-    trial_runs,
-)
-from harness.report.tables import FORMATS, best_trials, comparison_table, failures_table, search_table
+from harness.config import masked, tracking_uri
+from harness.provenance import PREFIX
+from harness.report import study as studies
+from harness.report.plots import plots as draw_plots
+from harness.report.runs import num, open_store, state
+from harness.report.tables import FORMATS
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "write_leaderboard"]
 
 
-def _md(table: pd.DataFrame) -> str:
+def md(table: pd.DataFrame) -> str:
     formats = [".4g", *(FORMATS.get(c, ".4g") for c in table.columns)]  # the index first
     # tabulate fills in None, not NaN
     return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=formats, missingval="—")
 
 
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A folder beside `out` to write into; on success each file is renamed into `out` (atomic per
+    file on one file system), on failure the folder goes and `out` is as it was."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def name_of(families: pd.DataFrame, arch: str) -> str:
+    """The family alone for the only architecture of its family named like it, else `FAMILY (`arch`)`."""
+    family = families.loc[arch, "family"]
+    unique = (families["family"] == family).sum() == 1
+    return family if unique and arch.lower() == family.lower() else f"{family} (`{arch}`)"
+
+
+def headline(s: studies.Study) -> str:
+    """One or two sentences answering the study's question, from the families table."""
+    t, test = s.families, f"test {s.metric}"
+    if t.empty:
+        return "No final run finished: nothing to compare yet."
+    best = t.index[0]
+
+    def score(arch: str) -> str:
+        return f"{t.loc[arch, test]:.4g}"
+
+    first = (f"{t.loc[best, '95% interval']}, " if t.loc[best, "95% interval"] != "—" else "")
+    seeds = int(t.loc[best, "seeds"])
+    first = f"test {s.metric} {score(best)} ({first}{seeds} seed{'s' * (seeds > 1)})"
+    if len(t) == 1:
+        text = f"**{name_of(t, best)}** scores {first}; no other architecture was compared."
+    else:
+        verdicts = t["verdict"].astype(str)
+        tied = [a for a in t.index[1:] if verdicts[a].startswith("tied")]
+        worse = [a for a in t.index[1:] if verdicts[a].startswith("worse")]
+        undecided = [a for a in t.index[1:] if a not in tied and a not in worse]
+        if not verdicts[best] == "best":
+            text = (f"**{name_of(t, best)}** scores highest" if s.maximize else f"**{name_of(t, best)}** scores lowest")
+            text += f", {first}, but with under 3 seeds per architecture no verdict is drawn."
+        else:
+            text = f"**{name_of(t, best)} {'leads' if tied else 'wins'}**: {first}"
+            if tied:
+                text += "; " + _and([f"{name_of(t, a)} {score(a)}" for a in tied])
+                text += f" {'is' if len(tied) == 1 else 'are'} statistically tied with it ({'; '.join(_p(verdicts[a]) for a in tied)})"
+            if worse:
+                text += "; " + _and([f"{name_of(t, a)} {score(a)}" for a in worse])
+                text += f" {'is' if len(worse) == 1 else 'are'} worse (Holm-corrected paired tests, {_max_p(verdicts[worse])})"
+            if undecided:
+                text += "; " + _and([name_of(t, a) for a in undecided]) + " ran too few shared seeds for a verdict"
+            text += "."
+    limited = [a for a in t.index if str(t.loc[a, "budget-limited"]).startswith("yes")]
+    if limited:
+        text += (f" {_and([name_of(t, a) for a in limited])} ran to the epoch cap still improving: the budget, "
+                 "not the architecture, may set {}.".format("its score" if len(limited) == 1 else "their scores"))
+    return text
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _p(verdict: str) -> str:
+    return verdict.split("(", 1)[1].split(",")[0]
+
+
+def _max_p(verdicts: pd.Series) -> str:
+    ps = [float(v.split("p = ")[1].split(",")[0]) for v in verdicts]
+    return f"p ≤ {max(ps):.2g}"
+
+
+FAMILIES_TEXT = (
+    "Each architecture's best configuration trained again with the same fresh seeds (final runs): `test {m}` is "
+    "their mean, measured once per run and never used to choose anything; the 95% interval is a percentile bootstrap "
+    "over seeds and test examples. Each architecture is tested against the best over the seeds both ran (paired t, "
+    "Wilcoxon signed-rank from 6 seeds), Holm-corrected across architectures; `P(best beats it)` is the probability "
+    "that a run of the best scores better than a run of this one (Agarwal et al. 2021). `MFLOP/sample`: analytic "
+    "forward FLOPs. `train samples/s`: the final runs' median, each run's own the median over its epochs after the "
+    "first that had the cores to itself (`(contended)`: none had, unreliable); `peak fraction`: that speed's share "
+    "of the device's matmul peak measured right after training; `kernel`: what the recurrent layers ran on (torch's "
+    "fused `onednn` or `cudnn`, its per-step `aten` path, or harness's scan), which sets the speed as much as the "
+    "architecture does. `budget-limited`: the runs ran to the epoch cap still improving, so the budget, not the "
+    "architecture, set their score. `grad flow rate`: how fast ‖∂L/∂s_t‖ changes per time step going back through "
+    "the sequence at the chosen checkpoint (each example's least-squares slope of ln‖∂L/∂s_t‖ against the steps back, "
+    "the median over up to 256 validation examples, then over the final runs): negative, the gradient vanishes "
+    "(−0.1: a factor 4.5e−5 over 100 steps); `(bwd)`: the backward direction of models that read both ways. The "
+    "last columns count the search's trials: pruned, diverged, failed by another error, interrupted (Ctrl-C or a "
+    "lost worker, not the architecture's doing).")
+
+SEARCH_TEXT = (
+    "Each architecture's best search trial by validation metric: its selection score is the maximum over epochs and "
+    "trials on one validation set, optimistic by construction (not comparable with the test metric). Its speed "
+    "(`train GFLOP/s`: 3 × forward FLOPs per sample × samples/s, so a faster model is told apart from a smaller one; "
+    "one-batch inference latency; `(contended)`: every epoch that sets the speed shared the cores with other work, so "
+    "the figure is unreliable) and gradient-flow rate are that trial's.")
+
+
 def write_report(study: str, out_dir: str | Path = "reports") -> Path:
     """Write `<out_dir>/<study>.md` and its PNG plots; returns the markdown's path."""
     client = open_store()
-    runs = trial_runs(study, client)
-    metric, maximize = metric_name(runs)
-    search = search_table(runs)
-    chosen = {arch: int(n) for arch, n in num(best_trials(runs), "params.trial_number").dropna().items()}
-    finals = select_finals(study_runs(study, client, role="final"), chosen)
-    compared = comparison_table(finals, lambda run_ids: per_example(client, run_ids))
-    tags = study_tags(study, client)
+    s = studies.load(study, client)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    made = plots(study, runs, search, out, client)
+    counts = state(s.runs).value_counts()
+    states = counts.reindex([k for k in ("complete", "pruned", "failed", "interrupted") if k in counts] +
+                            [k for k in counts.index if k not in ("complete", "pruned", "failed", "interrupted")])
+    baseline = num(s.runs, "params.task_baseline").dropna()
+    io = s.runs.iloc[0].get("params.task_io", "?")
+    with staged(out) as tmp:
+        made = draw_plots(s, tmp, client, study)
+        lines = [f"# Study `{study}`", ""]
+        if s.tags.get("harness.description"):
+            lines += [f"*{s.tags['harness.description']}*", ""]
+        lines += [headline(s), "",
+                  f"Task `{s.task}` ({io}); metric `{s.metric}` ({'higher' if s.maximize else 'lower'} is better); "
+                  f"{len(s.runs)} search trials ({', '.join(f'{n} {k}' for k, n in states.items())}), "
+                  f"{len(s.finals)} final runs."]
+        if not baseline.empty:
+            lines.append(f"The task's baseline (loss of the best predictor that ignores its input): {baseline.iloc[0]:.4g}.")
+        if not s.families.empty:
+            lines += ["", "## Families", "", FAMILIES_TEXT.format(m=s.metric), "", md(s.families), ""]
+        if s.tags.get("harness.edges"):
+            lines += [f"**On the edge of the search space**: {s.tags['harness.edges']}. The optimum may lie beyond it: "
+                      "widen the range before trusting this ranking.", ""]
+        if made:
+            lines += ["## Plots", "", *(f"![{title}]({name})\n" for title, name in made)]
+        lines += ["## Search", "", SEARCH_TEXT, "", md(s.search), ""]
+        fails = failures_table_md(s)
+        if fails:
+            lines += ["## Trials that did not finish", "", fails, ""]
+        if s.references:
+            lines += ["## Published references", "", references_md(s), ""]
+        lines += ["## Reproduction", "", *reproduction(s), ""]
+        (tmp / f"{study}.md").write_text("\n".join(lines))
+    return out / f"{study}.md"
 
-    first = runs.iloc[0]
-    task, io = first.get("params.task.name", "?"), first.get("params.task_io", "?")
-    states = state(runs).value_counts()
-    baseline = num(runs, "params.task_baseline").dropna()
-    lines = [
-        f"# Study `{study}`",
-        "",
-        f"Task `{task}` ({io}); metric `{metric}` ({'higher' if maximize else 'lower'} is better); "
-        f"{len(runs)} search trials ({', '.join(f'{n} {s}' for s, n in states.items())}).",
-    ]
-    if not baseline.empty:
-        lines.append(f"The task's baseline (loss of the best predictor that ignores its input): {baseline.iloc[0]:.4g}.")
-    if not compared.empty:
-        lines += [
-            "",
-            "## Comparison",
-            "",
-            f"Each architecture's best configuration trained again with the same fresh seeds (final runs): "
-            f"the test {metric} is their mean, measured once per run and never used to choose anything. "
-            "The 95% interval is a percentile bootstrap over seeds and test examples. Each architecture is "
-            "tested against the best over the seeds both ran (paired t-test, Wilcoxon signed-rank from 6 seeds), "
-            "Holm-corrected across architectures; `P(best beats it)` is the probability that a run of the best "
-            "scores better than a run of this one (Agarwal et al. 2021). `budget-limited`: the runs ran to the "
-            "epoch cap still improving, so the budget, not the architecture, set their score.",
-            "",
-            _md(compared),
-            "",
-        ]
-    if tags.get("harness.edges"):
-        lines += [f"**On the edge of the search space**: {tags['harness.edges']}. The optimum may lie beyond it: "
-                  "widen the range before trusting this ranking.", ""]
-    lines += [
-        "## Search",
-        "",
-        "Each architecture's best search trial by validation metric: its selection score is the maximum over "
-        "epochs and trials on one validation set, optimistic by construction (not comparable with the test "
-        "metric). Speeds are that trial's: `train samples/s` is the median over its epochs after the first whose "
-        "process had the CPU to itself (`(contended)`: every one of them shared the cores with other work, so the "
-        "figure is unreliable); `kernel` is what its recurrent layers ran on, as the run measured it (torch's fused "
-        "`onednn` or `cudnn` kernel, torch's per-step `aten` path, or harness's own scan), which sets the speed as "
-        "much as the architecture does; `train GFLOP/s` is 3 × the analytic forward FLOPs "
-        "per sample × samples/s, the speed normalised by model size, so a faster model is told apart from a "
-        "smaller one; then one-batch inference latency, and the share of the device's fp32 matmul peak, measured "
-        "right after training, that its training reached. `grad flow rate` is how "
-        "fast the gradient changes per time step going back through the sequence, at that trial's chosen "
-        "checkpoint: each example's least-squares slope of ln‖∂L/∂s_t‖ (s_t: the top recurrent layer's whole "
-        "state, its cell memory included) against the steps back from the last state, the median over the "
-        "first 256 validation examples (all, when fewer). Negative, the gradient vanishes (−0.1: a factor 4.5e−5 over 100 steps); "
-        "positive, it grows. `(bwd)`: the backward direction of models that read both ways.",
-        "",
-        _md(search),
-        "",
-    ]
-    fails = failures_table(runs)
-    if not fails.empty:
-        lines += ["## Trials that did not finish", "", _md(fails), ""]
-    lines += [f"![{title}]({name})" for title, name in made]
-    lines += ["", f"Generated by `harness report {study}` from the MLflow experiment `{study}`.", ""]
-    path = out / f"{study}.md"
-    path.write_text("\n".join(lines))
-    return path
+
+def failures_table_md(s: studies.Study) -> str:
+    from harness.report.tables import failures_table
+
+    fails = failures_table(s.runs)
+    return "" if fails.empty else md(fails)
+
+
+def references_md(s: studies.Study) -> str:
+    """Each published figure beside this study's final-run mean for the family's best architecture."""
+    own = s.verdict_rows()
+    rows = []
+    for r in s.references:
+        mine = own.loc[r["family"], f"test {s.metric}"] if r["metric"] == s.metric and r["family"] in own.index else None
+        rows.append({"family": r["family"], "metric": r["metric"], "published": r["value"], "this study": mine,
+                     "source": r["source"], "note": r.get("note", "")})
+    table = pd.DataFrame(rows).set_index("family")
+    return ("Figures the cited sources state, beside this study's final-run mean test metric for the family's best "
+            "architecture; set-ups differ (see each note), so they are context, not a verdict.\n\n" + md(table))
+
+
+def reproduction(s: studies.Study) -> list[str]:
+    """How the study was run, from its parent run's `harness.repro.*` tags."""
+    r = {k.removeprefix(PREFIX): v for k, v in s.tags.items() if k.startswith(PREFIX)}
+    if not r:
+        return ["The study's runs do not record how they were run (a sweep from before harness recorded it)."]
+    lines = []
+    if r.get("command"):
+        lines += ["The last sweep command, then this report's:", "", "```", r["command"], f"harness report {s.name}", "```", ""]
+    start, end = s.tags.get("_start_time"), s.tags.get("_end_time")
+    facts = {"experiment file": f"`{r['experiment_file']}` (SHA-256 `{r['experiment_sha256'][:16]}…`)" if r.get("experiment_file") else None,
+             "harness commit": f"`{r.get('git_commit')}`", "torch / MLflow / Optuna / Python":
+             f"{r.get('torch')} / {r.get('mlflow')} / {r.get('optuna')} / {r.get('python')}",
+             "device": r.get("device"), "date": r.get("date"), "Optuna storage": f"`{r.get('storage')}`",
+             "MLflow store": f"`{masked(tracking_uri())}`, experiment `{s.name}`",
+             "sweep wall time": f"{(int(end) - int(start)) / 60000:.1f} min (the study run's start to end, finals included)"
+             if start and end else None}
+    lines += [f"- {k}: {v}" for k, v in facts.items() if v]
+    return lines
+
+
+def write_leaderboard(out_dir: str | Path = "reports") -> Path:
+    """Write `<out_dir>/README.md`, the leaderboard across every study in the store."""
+    from harness.report.leaderboard import write
+
+    return write(Path(out_dir))

@@ -35,7 +35,8 @@ def study_runs(study: str, client: MlflowClient, role: str = "trial") -> pd.Data
         lambda n, token: client.search_runs([exp.experiment_id], filt, max_results=n, page_token=token), 1000)
     rows = []
     for r in found:
-        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status, "start_time": r.info.start_time}
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status, "start_time": r.info.start_time,
+               "end_time": r.info.end_time}
         row |= {f"params.{k}": v for k, v in r.data.params.items()}
         row |= {f"metrics.{k}": v for k, v in r.data.metrics.items()}
         row |= {f"tags.{k}": v for k, v in r.data.tags.items()}
@@ -75,18 +76,27 @@ def metric_name(runs: pd.DataFrame) -> tuple[str, bool]:
     return metric, direction == "maximize"
 
 
+INTERRUPTED = ("KeyboardInterrupt", "worker_lost")  # ended by the user or a lost worker: not the architecture's doing
+
+
 def state(runs: pd.DataFrame) -> pd.Series:
-    """complete | pruned | failed, from `harness.state` (else the run's status)."""
-    return col(runs, "tags.harness.state").fillna(runs["status"].str.lower())
+    """complete | pruned | failed | interrupted, from `harness.state` and `harness.failure` (else the
+    run's status)."""
+    states = col(runs, "tags.harness.state").fillna(runs["status"].str.lower())
+    return states.mask(col(runs, "tags.harness.failure").isin(INTERRUPTED), "interrupted")
 
 
 def study_tags(study: str, client: MlflowClient) -> dict[str, str]:
-    """The tags of the study's own (parent) run, e.g. `harness.edges`."""
+    """The tags of the study's own (parent) run (e.g. `harness.edges`, `harness.repro.*`), with its
+    `_start_time` / `_end_time` (ms) and the experiment's description as `harness.description`."""
     runs = study_runs(study, client, role="study")
     if runs.empty:
         return {}
     row = runs.iloc[0]
-    return {k.removeprefix("tags."): v for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
+    tags = {k.removeprefix("tags."): v for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
+    times = {k: str(int(row[k])) for k in ("start_time", "end_time") if pd.notna(row.get(k))}
+    description = row.get("params.description")
+    return tags | {f"_{k}": v for k, v in times.items()} | ({"harness.description": description} if isinstance(description, str) and description else {})
 
 
 def select_finals(finals: pd.DataFrame, best_trials: dict[str, int]) -> pd.DataFrame:

@@ -5,6 +5,7 @@ test examples, and the probability of improvement (Agarwal et al. 2021)."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -19,9 +20,11 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
     diff = np.asarray(a, float) - np.asarray(b, float)
     if np.allclose(diff, 0):
         return ("wilcoxon" if len(diff) >= WILCOXON_FROM else "paired t"), 1.0
-    if len(diff) >= WILCOXON_FROM:
-        return "wilcoxon", float(stats.wilcoxon(a, b).pvalue)
-    return "paired t", float(stats.ttest_rel(a, b).pvalue)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision note on near-constant differences
+        if len(diff) >= WILCOXON_FROM:
+            return "wilcoxon", float(stats.wilcoxon(a, b).pvalue)
+        return "paired t", float(stats.ttest_rel(a, b).pvalue)
 
 
 def holm(pvalues: list[float]) -> list[float]:

@@ -65,30 +65,46 @@ def speed_cells(runs: pd.DataFrame) -> pd.Series:
     return pd.Series(cells, index=runs.index, dtype=object)
 
 
-def comparison_table(finals: pd.DataFrame, per_example: Callable[[list[str]], np.ndarray | None]) -> pd.DataFrame:
-    """The final runs compared: per architecture the test metric's mean over seeds with a 95%
-    bootstrap interval over seeds and test examples (`per_example(run_ids)` gives the seeds ×
-    examples matrix, or None), and against the best architecture, over the seeds both ran: a
-    paired test (t, or Wilcoxon from 6 seeds), Holm-corrected, its verdict, and the probability
-    that a run of the best beats a run of this one. No verdict below 3 shared seeds."""
+def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
+                   per_example: Callable[[list[str]], np.ndarray | None]) -> pd.DataFrame:
+    """The study's answer, one row per architecture (its family beside it), ranked by the final
+    runs' mean test metric: how well (a 95% bootstrap interval over seeds and test examples,
+    `per_example(run_ids)` giving the seeds × examples matrix or None; against the best over the
+    seeds both ran, a paired test — t, or Wilcoxon from 6 seeds — Holm-corrected, its verdict, and
+    the probability that a run of the best beats a run of this one; no verdict below 3 shared
+    seeds), at what cost (parameters, analytic FLOPs, the final runs' median training speed, its
+    share of the device's peak and the kernel), why (best epoch, budget-limited, gradient-flow
+    rate) and how the search went (trials run, pruned, diverged, failed, interrupted). Without
+    final runs each architecture's best search trial stands in, one seed, no verdict."""
+    metric, maximize = metric_name(runs)
     if finals.empty:
-        return pd.DataFrame()
-    metric, maximize = metric_name(finals)
+        finals = best_trials(runs).reset_index().assign(seed=lambda d: num(d, "params.train.seed"))
     test = f"test {metric}"
     scores = {arch: g.assign(_t=num(g, f"metrics.test_{metric}")).dropna(subset=["_t"]).set_index("seed")
               for arch, g in finals.groupby("params.model.arch", sort=False)}
+    scores = {arch: g for arch, g in scores.items() if len(g)}
+    if not scores:
+        return pd.DataFrame()
     means = {arch: g["_t"].mean() for arch, g in scores.items()}
     best = (max if maximize else min)(means, key=means.get)
     rows, raw = {}, {}
     for arch, g in scores.items():
         low, high = stats.interval(g["_t"].to_numpy(), per_example(list(g["run_id"])))
-        rows[arch] = {"family": g["family"].iloc[0], test: means[arch], "95% interval": f"{low:.3g} – {high:.3g}" if low == low else "—",
-                      "seeds": len(g), "budget-limited": _share(num(g, "metrics.budget_limited")),
-                      "best epoch (median)": num(g, "metrics.best_epoch").median()}
+        speed = _speed(g)
+        rows[arch] = {"family": g["family"].iloc[0], test: means[arch],
+                      "95% interval": f"{low:.3g} – {high:.3g}" if low == low else "—", "seeds": len(g),
+                      "params": num(g, "params.n_params").median(),
+                      "MFLOP/sample": num(g, "params.flops_per_sample").median() / 1e6,
+                      "train samples/s": speed[0], "peak fraction": speed[1], "kernel": col(g, "params.kernel").dropna().iloc[0]
+                      if col(g, "params.kernel").notna().any() else None,
+                      "best epoch (median)": num(g, "metrics.best_epoch").median(),
+                      "budget-limited": _share(num(g, "metrics.budget_limited")),
+                      "grad flow rate": num(g, "metrics.gradflow_rate").median(),
+                      "grad flow rate (bwd)": num(g, "metrics.gradflow_rate_bwd").median()}
         shared = g.index.intersection(scores[best].index)
         if arch != best and len(shared) >= stats.MIN_SEEDS:
             raw[arch] = stats.paired_test(scores[best].loc[shared, "_t"].to_numpy(), g.loc[shared, "_t"].to_numpy())
-        if arch != best and len(g) and len(scores[best]):
+        if arch != best:
             rows[arch]["P(best beats it)"] = stats.prob_improvement(scores[best]["_t"].to_numpy(), g["_t"].to_numpy(), maximize)
     adjusted = dict(zip(raw, stats.holm([p for _, p in raw.values()]), strict=True))
     for arch, row in rows.items():
@@ -101,9 +117,35 @@ def comparison_table(finals: pd.DataFrame, per_example: Callable[[list[str]], np
             row["verdict"] = "— (under 3 shared seeds)"
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "architecture"
-    order = ["family", test, "95% interval", "seeds", "verdict", "P(best beats it)", "budget-limited", "best epoch (median)"]
+    table["params"] = table["params"].round().astype("Int64")
+    table = table.join(trial_counts(runs), how="left")
+    order = ["family", test, "95% interval", "seeds", "verdict", "P(best beats it)", "params", "MFLOP/sample", "train samples/s",
+             "peak fraction", "kernel", "best epoch (median)", "budget-limited", "grad flow rate", "grad flow rate (bwd)",
+             "trials", "pruned", "diverged", "failed", "interrupted"]
     table = table[[c for c in order if c in table]]
     return table.sort_values(test, ascending=not maximize)
+
+
+def trial_counts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture: search trials run, and how many were pruned, diverged, failed otherwise,
+    or interrupted (Ctrl-C, a lost worker: not the architecture's doing)."""
+    states, failure = state(runs), col(runs, "tags.harness.failure")
+    kinds = {"pruned": states == "pruned", "diverged": (states == "failed") & (failure == "diverged"),
+             "failed": (states == "failed") & (failure != "diverged"), "interrupted": states == "interrupted"}
+    arch = runs["params.model.arch"]
+    return pd.DataFrame({"trials": arch.value_counts(), **{k: v.groupby(arch).sum() for k, v in kinds.items()}}).astype("Int64")
+
+
+def _speed(runs: pd.DataFrame) -> tuple[str | None, float]:
+    """The median training samples/s and peak fraction over the runs that had the cores to themselves
+    (all runs, marked `(contended)`, when none had)."""
+    rates = num(runs, "metrics.train_samples_per_s")
+    calm = rates.notna() & (col(runs, "tags.harness.contended") != "true")
+    use = calm if calm.any() else rates.notna()
+    if not use.any():
+        return None, float("nan")
+    cell = f"{rates[use].median():.0f}" + ("" if calm.any() else " (contended)")
+    return cell, float(num(runs, "metrics.peak_fraction")[use].median())
 
 
 def _share(flags: pd.Series) -> str:
@@ -118,8 +160,8 @@ def _share(flags: pd.Series) -> str:
 def failures_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Why trials did not finish: architecture × reason (pruned, diverged, an error type)."""
     states = state(runs)
-    reason = col(runs, "tags.harness.failure").where(states == "failed", states)
-    bad = runs.assign(reason=reason)[states.isin(["pruned", "failed"])]
+    reason = col(runs, "tags.harness.failure").where(states != "pruned", states)
+    bad = runs.assign(reason=reason)[states.isin(["pruned", "failed", "interrupted"])]
     if bad.empty:
         return pd.DataFrame()
     return pd.crosstab(bad["params.model.arch"], bad["reason"]).rename_axis(index="architecture", columns=None)

@@ -50,7 +50,7 @@ from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
 from harness.sweep import grid, workers
 from harness.sweep.counting import SURPLUS
-from harness.sweep.finals import FinalRun, best_per_arch, run_repeats
+from harness.sweep.finals import FinalRun, best_per_arch, run_finals
 from harness.sweep.objective import Objective, Plan, objectives
 from harness.sweep.pareto import tag_pareto
 from harness.sweep.pool import quiet_optuna, run_pool, work
@@ -177,7 +177,7 @@ def run(
             edge = edges(exp, best_per_arch(study, exp, objs[0]))
             set_tags(client, parent, {"harness.edges": "; ".join(edge)})
             if exp.sweep.repeat:
-                finals = run_repeats(plan, study, exp.sweep.repeat, slots[0].run_device)
+                finals = run_finals(plan, study, slots)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -23,7 +23,7 @@ from harness.config import Experiment, tracking_uri
 from harness.runner import run_trial
 from harness.sweep import workers
 from harness.sweep.objective import Objective, Plan, objective_value
-from harness.sweep.storage import machine_lock
+from harness.sweep.storage import machine_lock, make_storage
 from harness.tracking import MlflowRun, end_failed, find_runs, get_client, run_name
 
 SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds
@@ -109,3 +109,23 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
             out.append(FinalRun(arch, config, t.number, seed, objective_value(result, obj.key), result.test_metric,
                                 tracked.run_id))
     return out
+
+
+def repeat_worker(plan: Plan, slot: workers.Slot) -> None:
+    """One spawned worker's share of the final runs: the claims give each (configuration, seed) to one worker."""
+    study = optuna.load_study(study_name=plan.exp.name, storage=make_storage(plan.storage))
+    run_repeats(plan, study, plan.exp.sweep.repeat, slot.run_device)
+
+
+def run_finals(plan: Plan, study: optuna.Study, slots: list[workers.Slot]) -> list[FinalRun]:
+    """The final runs on every slot (one spawned worker each when there are several), then
+    collected here; a run no worker finished (its worker died, or it failed) is trained here."""
+    if len(slots) > 1:
+        procs = workers.spawn(slots, repeat_worker, plan)
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            workers.stop(procs)
+            raise
+    return run_repeats(plan, study, plan.exp.sweep.repeat, slots[0].run_device)

@@ -1,0 +1,100 @@
+"""How long `harness report` takes on big studies: 1,000 and 10,000 search trials.
+
+Writes a synthetic study into a SQLite MLflow store per size (each run with the params, metrics and
+tags a real trial logs: ~35 params, ~25 final metrics, a 20-epoch validation curve, ~12 tags; four
+architectures; five final runs each with their per-example test metrics and gradient-flow profile),
+then times `write_report` on it, cold (a fresh process's first report) and warm, and prints the
+seconds. The stores are kept in --cache so a second run skips the writing.
+
+    python benchmarks/bench_report.py                 # 1000 and 10000
+    python benchmarks/bench_report.py --sizes 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ARCHS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "brnn": "BRNN"}
+
+
+def fill(uri: str, name: str, n: int) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.create_experiment(name)
+    parent = client.create_run(exp, run_name=name, tags={"harness.role": "study", "harness.study": name}).info.run_id
+    rng = np.random.default_rng(0)
+    now = int(time.time() * 1000)
+
+    def run(arch: str, number: int, role: str, seed: int, value: float) -> str:
+        rid = client.create_run(exp, run_name=f"{arch}-#{number}", tags={"mlflow.parentRunId": parent}).info.run_id
+        params = {"model.arch": arch, "arch_family": ARCHS[arch], "arch_bidirectional": arch == "brnn", "task.name": "mnist1d",
+                  "task_io": "many-to-one", "task_metric": "accuracy", "task_metric_direction": "maximize",
+                  "train.seed": seed, "train.lr": float(10 ** rng.uniform(-4, -1.5)), "model.hidden_size": int(rng.choice([32, 64, 128])),
+                  "trial_number": number, "n_params": 10000, "flops_per_sample": 1e6, "kernel": "aten",
+                  **{f"train.opt{i}": i for i in range(20)}}
+        metrics = {"best_val_accuracy": value, "test_accuracy": value - 0.01, "train_samples_per_s": float(rng.uniform(1e3, 3e4)),
+                   "peak_fraction": 0.3, "gradflow_rate": -0.05, "best_epoch": 12, "budget_limited": 0.0,
+                   **{f"extra_{i}": float(i) for i in range(18)}}
+        steps = [Metric("val_accuracy", value * (1 - 0.5 ** (e + 1)), now, e + 1) for e in range(20)]
+        tags = {"harness.role": role, "harness.study": name, "harness.state": "complete", "harness.contended": "false",
+                "harness.config": f"c-{arch}", "harness.source_trial": "0", **{f"split_hash.s{i}": "ab" * 8 for i in range(8)}}
+        client.log_batch(rid, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()] + steps,
+                         params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        client.set_terminated(rid, "FINISHED")
+        return rid
+
+    for i in range(n):
+        arch = list(ARCHS)[i % 4]
+        run(arch, i, "trial", 0, float(rng.uniform(0.2, 0.95)))
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "test_per_example.npy", rng.integers(0, 2, 1000).astype(np.float32))
+        header = "direction,quantity," + ",".join(f"t{t}" for t in range(1, 41))
+        (Path(tmp) / "gradflow.csv").write_text(header + "\nforward,state," + ",".join(str(0.9 ** t) for t in range(40, 0, -1)) + "\n")
+        for arch_index, arch in enumerate(ARCHS):
+            for seed in range(1000, 1005):
+                rid = run(arch, arch_index, "final", seed, 0.9)
+                client.log_artifacts(rid, tmp)
+    client.set_terminated(parent, "FINISHED")
+
+
+def timed_report(uri: str, name: str, out: str) -> float:
+    """Seconds for one `write_report` in a fresh process (imports excluded, as a user's shell pays them once)."""
+    code = ("import time, sys; from harness.report import write_report; t = time.perf_counter(); "
+            f"write_report({name!r}, {out!r}); print(time.perf_counter() - t)")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
+    ap.add_argument("--cache", default=".bench-report", help="folder keeping the generated stores")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(exist_ok=True)
+    for n in args.sizes:
+        db = cache / f"runs{n}.db"
+        uri = f"sqlite:///{db.resolve()}"
+        if not db.exists():
+            t = time.perf_counter()
+            fill(uri, f"big{n}", n)
+            print(f"wrote {n} trial runs + 20 final runs in {time.perf_counter() - t:.0f} s")
+        with tempfile.TemporaryDirectory() as out:
+            times = [timed_report(uri, f"big{n}", out) for _ in range(args.repeats)]
+        print(f"{n:>6} runs: report in {min(times):.2f} s (best of {args.repeats}; all: {', '.join(f'{x:.2f}' for x in times)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""`harness report --all`: the leaderboard across every study in the MLflow store, `reports/README.md`.
+
+Rows are families (each study's best architecture of the family stands for it), columns studies.
+A cell is the final runs' mean test metric with its 95% interval, the column's best in bold and
+those its paired test could not tell from the best marked ≈. Families are ranked within each
+study (1 = best, the metric's own direction) and the ranks averaged; over the studies every
+compared family ran, a Friedman test with the Nemenyi post-hoc test and its critical-difference
+diagram (Demšar 2006), as `autorank` computes and draws them. A second table gives training speed
+and its share of the device's peak, family × study.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from harness.config import tracking_uri
+from harness.errors import HarnessError
+from harness.families import ordered
+from harness.report import md, staged
+from harness.report import study as studies
+from harness.report.runs import open_store
+
+MIN_STUDIES = 5  # autorank's minimum for a Friedman test (Demšar 2006 asks for more to trust it)
+
+
+def study_names(client: MlflowClient) -> list[str]:
+    """Every experiment holding a harness study run, by name."""
+    names = []
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'", max_results=1):
+            names.append(exp.name)
+    return sorted(names)
+
+
+def scores(loaded: list[studies.Study]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(mean, cell text, speed text) tables, families × studies."""
+    mean, cell, speed = {}, {}, {}
+    for s in loaded:
+        rows = s.verdict_rows()
+        if rows.empty:
+            continue
+        test = f"test {s.metric}"
+        best = rows[test].idxmax() if s.maximize else rows[test].idxmin()
+        mean[s.name] = rows[test]
+        texts = {}
+        for fam, r in rows.iterrows():
+            interval = f" [{r['95% interval'].replace(' – ', ', ')}]" if r["95% interval"] != "—" else ""
+            text = f"{r[test]:.4g}{interval}"
+            if fam == best:
+                text = f"**{text}**"
+            elif str(r["verdict"]).startswith("tied"):
+                text = f"≈ {text}"
+            texts[fam] = text
+        cell[s.name] = pd.Series(texts)
+        peak = rows["peak fraction"]
+        speed[s.name] = pd.Series({fam: (f"{r['train samples/s']}" + (f" ({peak[fam]:.2f})" if peak[fam] == peak[fam] else ""))
+                                   if r["train samples/s"] else None for fam, r in rows.iterrows()})
+    frames = [pd.DataFrame(d) for d in (mean, cell, speed)]
+    order = ordered(set().union(*(f.index for f in frames)))
+    return tuple(f.reindex(order) for f in frames)
+
+
+def ranks(mean: pd.DataFrame, maximize: dict[str, bool]) -> pd.DataFrame:
+    """Each family's rank in each study that compared at least two (1 = best, ties averaged)."""
+    compared = [c for c in mean if mean[c].notna().sum() >= 2]
+    return pd.DataFrame({c: mean[c].rank(ascending=not maximize[c], method="average") for c in compared})
+
+
+def friedman(mean: pd.DataFrame, maximize: dict[str, bool], cd_path: Path) -> tuple[list[str], bool]:
+    """The Friedman / Nemenyi lines and whether the critical-difference diagram was drawn, over the
+    families that every comparing study ran."""
+    from autorank import autorank, plot_stats
+
+    compared = [c for c in mean if mean[c].notna().sum() >= 2]
+    common = [f for f in mean.index if mean.loc[f, compared].notna().all()] if compared else []
+    if len(common) < 2 or len(compared) < MIN_STUDIES:
+        return [f"No Friedman test: it needs at least {MIN_STUDIES} studies comparing the same families (autorank's "
+                f"minimum); {len(compared)} stud{'y' if len(compared) == 1 else 'ies'} compare{'s' * (len(compared) == 1)} families here, and {len(common)} famil"
+                f"{'y' if len(common) == 1 else 'ies'} ran in all of them."], False
+    # Higher is better in every column: lower-is-better metrics enter negated (ranks are unchanged).
+    data = pd.DataFrame({f: [mean.loc[f, c] * (1 if maximize[c] else -1) for c in compared] for f in common})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = autorank(data, alpha=0.05, force_mode="nonparametric", order="descending")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = plot_stats(result, allow_insignificant=True)
+    ax.figure.savefig(cd_path, dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
+    verdict = "differ" if result.pvalue < 0.05 else "cannot be told apart"
+    lines = [f"Friedman test over {len(compared)} studies and the {len(common)} families all of them ran "
+             f"({', '.join(common)}): p = {result.pvalue:.2g}, so their ranks {verdict} at α = 0.05."]
+    if result.cd is not None:
+        lines.append(f"Nemenyi critical difference: {result.cd:.2f} ranks; families whose mean ranks differ by less "
+                     "are joined by a bar in the diagram (Demšar 2006).")
+    return lines, True
+
+
+def write(out: Path) -> Path:
+    client = open_store()
+    names = study_names(client)
+    if not names:
+        raise HarnessError(f"no studies in the MLflow store {tracking_uri()}; run `harness sweep` first")
+    loaded, skipped = [], []
+    for name in names:
+        try:
+            loaded.append(studies.load(name, client))
+        except HarnessError as e:
+            skipped.append(f"`{name}` ({e})")
+    if not loaded:
+        raise HarnessError(f"no study in {tracking_uri()} has runs to compare: " + "; ".join(skipped))
+    maximize = {s.name: s.maximize for s in loaded}
+    mean, cells, speed = scores(loaded)
+    header = {s.name: f"[{s.name}]({s.name}.md) · {s.task} · {s.metric} {'↑' if s.maximize else '↓'}" for s in loaded}
+    rank = ranks(mean, maximize)
+    board = cells.rename(columns=header).rename_axis("family")
+    board.insert(0, "mean rank", rank.mean(axis=1).round(2))
+    board.insert(1, "studies ranked", rank.notna().sum(axis=1))
+    with staged(out) as tmp:
+        stats_lines, drawn = friedman(mean, maximize, tmp / "leaderboard_cd.png")
+        lines = ["# Leaderboard: recurrent architecture families across tasks", "",
+                 "Each cell: the family's best architecture in that study, its final runs' mean test metric (fresh seeds, "
+                 "never used for selection) and 95% bootstrap interval. **Bold**: the study's best; ≈: statistically tied "
+                 "with it (paired test over seeds, Holm-corrected, p ≥ 0.05); —: not in the study. `mean rank`: the "
+                 "family's rank averaged over the studies that compared at least two families (1 = best, in each metric's "
+                 "own direction: ↑ higher is better, ↓ lower).", "", md(board), "", *stats_lines, ""]
+        if drawn:
+            lines += ["![critical-difference diagram](leaderboard_cd.png)", ""]
+        lines += ["## Training speed", "",
+                  "Training samples/s of the same runs (median over the final runs that had the cores to themselves) and, in "
+                  "brackets, its share of the device's matmul peak. Studies may have run on different machines: compare "
+                  "within a column.", "", md(speed.rename(columns=header).rename_axis("family")), ""]
+        if skipped:
+            lines += ["Left out: " + "; ".join(skipped) + ".", ""]
+        lines += ["Generated by `harness report --all` from the MLflow store; each study's own report is linked in its column.", ""]
+        (tmp / "README.md").write_text("\n".join(lines))
+    return out / "README.md"

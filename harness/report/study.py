@@ -1,0 +1,47 @@
+"""One study as the report sees it: its runs read from MLflow once, and the tables computed from
+them, shared by the study's report and the leaderboard across studies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from harness.report.runs import metric_name, num, per_example, select_finals, study_runs, study_tags, trial_runs
+from harness.report.tables import best_trials, families_table, search_table
+
+
+@dataclass
+class Study:
+    name: str
+    runs: pd.DataFrame  # the search trials
+    finals: pd.DataFrame  # the final runs the comparison uses (harness.report.runs.select_finals)
+    metric: str
+    maximize: bool
+    tags: dict[str, str]  # the parent run's: edges, reproduction, references
+    families: pd.DataFrame  # harness.report.tables.families_table
+    search: pd.DataFrame  # harness.report.tables.search_table
+    references: list[dict] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return str(self.runs.iloc[0].get("params.task.name", "?"))
+
+    def verdict_rows(self) -> pd.DataFrame:
+        """Each family's best architecture in this study: its row of the families table."""
+        if self.families.empty:
+            return self.families
+        return self.families[~self.families["family"].duplicated()].reset_index().set_index("family")
+
+
+def load(name: str, client: MlflowClient) -> Study:
+    runs = trial_runs(name, client)
+    metric, maximize = metric_name(runs)
+    chosen = {arch: int(n) for arch, n in num(best_trials(runs), "params.trial_number").dropna().items()}
+    finals = select_finals(study_runs(name, client, role="final"), chosen)
+    families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids))
+    tags = study_tags(name, client)
+    return Study(name=name, runs=runs, finals=finals, metric=metric, maximize=maximize, tags=tags, families=families,
+                 search=search_table(runs), references=json.loads(tags.get("harness.references", "[]")))

@@ -1,0 +1,224 @@
+"""The study report's sections and plots, and the leaderboard across studies, from real MLflow stores:
+runs written here with known values where the statistics are checked, real sweeps end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import matplotlib.colors
+import matplotlib.image
+import numpy as np
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from harness import families
+from harness.cli import main
+from harness.report import plots as report_plots
+from harness.report import write_leaderboard, write_report
+
+FAMILY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "brnn": "BRNN"}
+
+
+def write_study(client, name, finals: dict[str, list[float]], *, metric="accuracy", maximize=True, task="digits"):
+    """A study whose architectures' final runs scored `finals` (seeds 1000, 1001, …), one search trial each."""
+    exp_id = client.create_experiment(name)
+    client.create_run(exp_id, run_name=name, tags={"harness.role": "study", "harness.study": name})
+    for number, (arch, values) in enumerate(finals.items()):
+        for role, seeds in (("trial", [values[0]]), ("final", values)):
+            for i, v in enumerate(seeds):
+                run = client.create_run(exp_id, run_name=f"{arch}-{role}-{i}")
+                params = {"model.arch": arch, "arch_family": FAMILY[arch], "task.name": task, "task_metric": metric,
+                          "task_metric_direction": "maximize" if maximize else "minimize", "train.seed": 1000 + i,
+                          "trial_number": number, "n_params": 10}
+                tags = {"harness.role": role, "harness.study": name, "harness.state": "complete",
+                        "harness.config": f"c-{arch}", "harness.source_trial": str(number)}
+                client.log_batch(run.info.run_id, metrics=[Metric(f"test_{metric}", v, 0, 0), Metric(f"best_val_{metric}", v, 0, 0),
+                                                           Metric("train_samples_per_s", 100.0 * (number + 1), 0, 0)],
+                                 params=[Param(k, str(p)) for k, p in params.items()], tags=[RunTag(k, str(t)) for k, t in tags.items()])
+                client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def board_cells(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    lines = [line for line in text.split("## Training speed")[0].splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    return header, {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
+
+
+def cell_value(cell: str) -> float:
+    return float(re.search(r"-?\d+(\.\d+)?(e-?\d+)?", cell.replace("≈", "")).group())
+
+
+STUDIES = {  # five studies over three families, the third lower-is-better; seeds 1000-1002
+    "a": ({"rnn": [0.50, 0.52, 0.51], "lstm": [0.90, 0.91, 0.92], "gru": [0.93, 0.95, 0.94]}, True),
+    "b": ({"rnn": [0.60, 0.61, 0.59], "lstm": [0.80, 0.82, 0.81], "gru": [0.70, 0.72, 0.71]}, True),
+    "c": ({"rnn": [0.30, 0.31, 0.32], "lstm": [0.05, 0.06, 0.04], "gru": [0.10, 0.11, 0.12]}, False),
+    "d": ({"rnn": [0.40, 0.42, 0.41], "lstm": [0.88, 0.87, 0.89], "gru": [0.91, 0.90, 0.92]}, True),
+    "e": ({"rnn": [0.20, 0.22, 0.21], "lstm": [0.76, 0.78, 0.77], "gru": [0.75, 0.80, 0.77]}, True),
+}
+
+
+def test_leaderboard_ranks_each_column_its_own_way_and_runs_friedman_as_scipy_does(workdir):
+    client = MlflowClient()
+    for name, (finals, maximize) in STUDIES.items():
+        write_study(client, name, finals, metric="accuracy" if maximize else "mse", maximize=maximize)
+    text = write_leaderboard("out").read_text()
+    header, rows = board_cells(text)
+    assert list(rows) == ["RNN", "LSTM", "GRU"]  # the families' fixed order
+    for name, (finals, maximize) in STUDIES.items():
+        col = next(i for i, h in enumerate(header) if h.startswith(f"[{name}]({name}.md)"))
+        assert header[col].endswith("↑" if maximize else "↓")
+        means = {FAMILY[a]: np.mean(v) for a, v in finals.items()}
+        best = (max if maximize else min)(means, key=means.get)
+        bold = [fam for fam, r in rows.items() if r[col].startswith("**")]
+        assert bold == [best], name
+        for fam, r in rows.items():
+            assert cell_value(r[col].strip("*")) == pytest.approx(means[fam], abs=5e-4)
+    # study e: GRU leads LSTM by 0.003; the paired test cannot tell them apart, the cell says so
+    e = next(i for i, h in enumerate(header) if h.startswith("[e]"))
+    assert rows["GRU"][e].startswith("**") and rows["LSTM"][e].startswith("≈") and not rows["RNN"][e].startswith("≈")
+    # mean ranks by hand: RNN last everywhere except c where lower is better and it is still last
+    signed = {n: {FAMILY[a]: np.mean(v) * (1 if mx else -1) for a, v in f.items()} for n, (f, mx) in STUDIES.items()}
+    order = ["RNN", "LSTM", "GRU"]
+    matrix = np.array([[signed[n][f] for f in order] for n in STUDIES])
+    by_hand = stats.rankdata(-matrix, axis=1).mean(axis=0)
+    assert [float(rows[f][1]) for f in order] == pytest.approx(by_hand, abs=0.01)
+    p = stats.friedmanchisquare(*matrix.T).pvalue
+    assert f"p = {p:.2g}" in text and "Friedman test over 5 studies" in text
+    png = Path("out/leaderboard_cd.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).shape[0] > 50
+
+
+def test_a_leaderboard_of_fewer_than_five_studies_says_why_there_is_no_friedman_test(workdir):
+    client = MlflowClient()
+    for name in ("a", "c"):
+        finals, maximize = STUDIES[name]
+        write_study(client, name, finals, metric="accuracy" if maximize else "mse", maximize=maximize)
+    text = write_leaderboard("out").read_text()
+    assert "No Friedman test: it needs at least 5 studies" in text and "2 studies compare families" in text
+    assert not Path("out/leaderboard_cd.png").exists()
+
+
+def test_report_and_leaderboard_errors_are_one_line(workdir, capsys):
+    assert main(["report", "nothing"]) == 2  # no store at all
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no MLflow store" in err
+    client = MlflowClient()
+    client.create_experiment("empty")
+    for argv, says in ((["report", "empty"], "has no trial runs"), (["report", "nope"], "no study 'nope'"),
+                       (["report"], "name one study"), (["report", "empty", "--all"], "not both"),
+                       (["report", "--all"], "no studies in the MLflow store")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, (argv, err)
+    assert not Path("reports").exists()  # nothing half-written
+
+
+def test_a_failed_generation_leaves_the_previous_report_whole(workdir, monkeypatch):
+    client = MlflowClient()
+    write_study(client, "a", STUDIES["a"][0])
+    path = write_report("a", "out")
+    before = {p.name: p.read_bytes() for p in Path("out").iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report_plots, "trials_strip", broken)
+    with pytest.raises(RuntimeError):
+        write_report("a", "out")
+    assert {p.name: p.read_bytes() for p in Path("out").iterdir()} == before  # no temporary folder left either
+    assert path.read_text().startswith("# Study `a`")
+
+
+def test_the_headline_answers_with_the_verdicts(workdir):
+    client = MlflowClient()
+    write_study(client, "won", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]})
+    write_study(client, "tie", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.90, 0.95, 0.93], "gru": [0.93, 0.95, 0.94]})
+    won = write_report("won", "out").read_text().split("\n\n")[1]  # after the title
+    assert won.startswith("**GRU wins**: test accuracy 0.94 (0.93 – 0.95, 3 seeds); LSTM 0.8133 and RNN 0.51 are worse "
+                          "(Holm-corrected paired tests, p ≤ ")
+    tie = write_report("tie", "out").read_text().split("\n\n")[1]
+    p = stats.ttest_rel([0.93, 0.95, 0.94], [0.90, 0.95, 0.93]).pvalue
+    assert tie.startswith("**GRU leads**: test accuracy 0.94 (")
+    assert f"LSTM 0.9267 is statistically tied with it (p = {p:.2g}); RNN 0.51 is worse" in tie
+
+
+EXPERIMENT = """
+name = "{name}"
+[task]
+name = "{task}"
+{task_options}
+[train]
+epochs = 2
+batch_size = 64
+lr = 0.01
+[model]
+hidden_size = 8
+[tracking]
+system_metrics = false
+checkpoint = false
+[sweep]
+sampler = "grid"
+pruner = "none"
+repeat = 3
+[sweep.space]
+"model.arch" = {archs}
+[[reference]]
+family = "GRU"
+metric = "{metric}"
+value = 0.5
+source = "Made-up et al. 2026, table 1"
+"""
+
+
+def sweep(workdir: Path, name: str, task: str, archs: list[str], metric: str, task_options: str = "") -> Path:
+    path = workdir / f"{name}.toml"
+    path.write_text(EXPERIMENT.format(name=name, task=task, archs=archs, metric=metric, task_options=task_options))
+    assert main(["sweep", str(path), "--out", str(workdir / "scratch")]) == 0
+    return path
+
+
+@pytest.mark.slow
+def test_real_studies_give_full_reports_one_colour_per_family_and_a_leaderboard(workdir, monkeypatch):
+    digits = sweep(workdir, "dig", "digits", ["rnn", "lstm", "gru"], "accuracy")
+    sweep(workdir, "add", "adding", ["rnn", "gru"], "mse", "seq_len = 8\ntrain_size = 300\ntest_size = 60")
+    figures = []
+    save = report_plots._save
+    monkeypatch.setattr(report_plots, "_save", lambda fig, path: (figures.append((path.name, fig)), save(fig, path)))
+    assert main(["report", "--all", "--out", "out"]) == 0
+    text = Path("out/dig.md").read_text()
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections == ["## Families", "## Plots", "## Search", "## Published references", "## Reproduction"]
+    assert text.split("\n\n")[1].startswith("**")  # the headline
+    for png in re.findall(r"\]\((dig_\w+\.png)\)", text):
+        assert matplotlib.image.imread(Path("out") / png).shape[2] in (3, 4), png
+    assert {"dig_curves.png", "dig_gradflow.png", "dig_speed.png", "dig_trials.png"} <= set(re.findall(r"\((dig_\w+\.png)\)", text))
+    repro = text.split("## Reproduction")[1]
+    assert f"harness sweep {digits} --out {workdir / 'scratch'}" in repro
+    assert hashlib.sha256(digits.read_bytes()).hexdigest()[:16] in repro and "torch / MLflow / Optuna / Python" in repro
+    refs = text.split("## Published references")[1].split("## ")[0]
+    assert "| GRU " in refs and "Made-up et al. 2026, table 1" in refs and "0.5 " in refs
+
+    # one colour per family, the same in both reports: every line and point labelled with an
+    # architecture is drawn in its family's colour
+    seen: dict[str, set[str]] = {}
+    for _name, fig in figures:
+        for ax in fig.axes:
+            for artist in [*ax.get_lines(), *ax.collections]:
+                arch = artist.get_label().split(" ")[0].rstrip(",")
+                if arch in FAMILY:
+                    rgba = artist.get_color() if hasattr(artist, "get_marker") else artist.get_facecolor()[0]
+                    seen.setdefault(arch, set()).add(matplotlib.colors.to_hex(rgba))
+    assert seen["gru"] == {families.colour("GRU")}
+    assert seen["rnn"] == {families.colour("RNN")} and seen["lstm"] == {families.colour("LSTM")}
+    assert {n for n, _ in figures if n.startswith("add_")} and {n for n, _ in figures if n.startswith("dig_")}
+
+    header, rows = board_cells(Path("out/README.md").read_text())
+    for study, maximize in (("dig", True), ("add", False)):
+        col = next(i for i, h in enumerate(header) if h.startswith(f"[{study}]"))
+        values = {fam: cell_value(r[col].strip("*")) for fam, r in rows.items() if r[col] != "—"}
+        best = (max if maximize else min)(values, key=values.get)
+        assert rows[best][col].startswith("**"), (study, values)
