@@ -230,3 +230,19 @@ def test_unknown_study_and_missing_store(workdir):
     MlflowClient().create_experiment("other")
     with pytest.raises(HarnessError, match="no study 's'"):
         write_report("s")
+
+
+def test_a_study_whose_every_trial_diverged_reports_dashes_and_no_warning(workdir):
+    import warnings
+
+    client = MlflowClient()
+    exp_id = client.create_experiment("s")
+    client.create_run(exp_id, run_name="s", tags={"harness.role": "study", "harness.study": "s"})
+    for number, arch in enumerate(("lstm", "rnn")):
+        _run(client, exp_id, f"{arch}-#{number}", arch=arch, state="failed", number=number, **{"harness.failure": "diverged"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a matplotlib or pandas warning fails the test
+        text = write_report("s").read_text()
+    assert "nan" not in text.lower().replace("nanosecond", "") and "<NA>" not in text
+    assert "No final run finished: nothing to compare yet." in text
+    assert {c[0]: c[1:] for c in table(text, "Trials that did not finish")} == {"lstm": ["1"], "rnn": ["1"]}
