@@ -221,7 +221,7 @@ def test_a_lower_is_better_metric_is_ranked_ascending(workdir, lower_is_better_t
         values = [float(r[index]) for r in rows]
         assert len(values) == 3 and values == sorted(values) and values[0] < values[-1], section
         assert {r[1] for r in rows} == {"RNN", "GRU", "MLP"}  # families as the registry logged them
-    assert table(text, "Families")[0][5] == "best"
+    assert table(text, "Families")[0][6] == "best"  # the verdict column
 
 
 def test_unknown_study_and_missing_store(workdir):

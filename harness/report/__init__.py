@@ -75,7 +75,10 @@ def headline(s: studies.Study) -> str:
     seeds = int(t.loc[best, "seeds"])
     first = f"test {s.metric} {score(best)} ({first}{seeds} seed{'s' * (seeds > 1)})"
     if len(t) == 1:
-        text = f"**{name_of(t, best)}** scores {first}; no other architecture was compared."
+        text = f"**{name_of(t, best)}** scores {first}"
+        if seeds > 1:
+            text += f", {t.loc[best, 'sd over seeds']:.2g} standard deviation from seed to seed"
+        text += "; no other architecture was compared."
     else:
         verdicts = t["verdict"].astype(str)
         tied = [a for a in t.index[1:] if verdicts[a].startswith("tied")]
@@ -158,7 +161,7 @@ def write_report(study: str, out_dir: str | Path = "reports") -> Path:
             lines += [f"*{s.tags['harness.description']}*", ""]
         lines += [headline(s), "",
                   f"Task `{s.task}` ({io}); metric `{s.metric}` ({'higher' if s.maximize else 'lower'} is better); "
-                  f"{len(s.runs)} search trials ({', '.join(f'{n} {k}' for k, n in states.items())}), "
+                  f"{len(s.runs)} search trial{'s' * (len(s.runs) != 1)} ({', '.join(f'{n} {k}' for k, n in states.items())}), "
                   f"{len(s.finals)} final runs."]
         if not baseline.empty:
             lines.append(f"The task's baseline (loss of the best predictor that ignores its input): {baseline.iloc[0]:.4g}.")

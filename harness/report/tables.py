@@ -17,7 +17,7 @@ from harness.report import stats
 from harness.report.runs import col, metric_name, num, state
 
 # Columns shown with their own number format (the rest: 4 significant figures).
-FORMATS = {"grad flow rate": "#.3g", "grad flow rate (bwd)": "#.3g"}
+FORMATS = {"grad flow rate": "#.3g", "grad flow rate (bwd)": "#.3g", "sd over seeds": ".2g"}
 
 
 def best_trials(runs: pd.DataFrame) -> pd.DataFrame:
@@ -93,6 +93,7 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
         speed = _speed(g)
         rows[arch] = {"family": g["family"].iloc[0], test: means[arch],
                       "95% interval": f"{low:.3g} – {high:.3g}" if low == low else "—", "seeds": len(g),
+                      "sd over seeds": g["_t"].std() if len(g) > 1 else float("nan"),
                       "params": num(g, "params.n_params").median(),
                       "MFLOP/sample": num(g, "params.flops_per_sample").median() / 1e6,
                       "train samples/s": speed[0], "peak fraction": speed[1], "kernel": col(g, "params.kernel").dropna().iloc[0]
@@ -119,7 +120,7 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     table.index.name = "architecture"
     table["params"] = table["params"].round().astype("Int64")
     table = table.join(trial_counts(runs), how="left")
-    order = ["family", test, "95% interval", "seeds", "verdict", "P(best beats it)", "params", "MFLOP/sample", "train samples/s",
+    order = ["family", test, "95% interval", "seeds", "sd over seeds", "verdict", "P(best beats it)", "params", "MFLOP/sample", "train samples/s",
              "peak fraction", "kernel", "best epoch (median)", "budget-limited", "grad flow rate", "grad flow rate (bwd)",
              "trials", "pruned", "diverged", "failed", "interrupted"]
     table = table[[c for c in order if c in table]]
