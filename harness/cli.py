@@ -148,22 +148,12 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
-    from harness.report import write_leaderboard, write_report
-    from harness.report.leaderboard import study_names
-    from harness.report.runs import open_store
+    from harness.report import write_all, write_report
 
     if bool(args.study) == args.all:
         raise HarnessError("report: name one study (harness report STUDY) or pass --all, not both")
-    names = study_names(open_store()) if args.all else [args.study]
-    for name in names:
-        try:
-            print(write_report(name, args.out))
-        except HarnessError as e:
-            if not args.all:
-                raise
-            print(f"harness: {name}: no report: {e}", file=sys.stderr)
-    if args.all:
-        print(write_leaderboard(args.out))
+    for path in write_all(args.out) if args.all else [write_report(args.study, args.out)]:
+        print(path)
     return 0
 
 

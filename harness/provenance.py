@@ -20,8 +20,14 @@ PREFIX = "harness.repro."
 
 
 def command_line(argv: list[str]) -> str:
-    """The command as typed, every database URL in it with its password masked."""
-    return shlex.join(["harness", *(masked(a) for a in argv)])
+    """The command as typed, every database URL in it with its password masked (`--storage URL`
+    and `--storage=URL` alike)."""
+
+    def mask(arg: str) -> str:
+        flag, eq, value = arg.partition("=")
+        return f"{flag}={masked(value)}" if eq and arg.startswith("--") else masked(arg)
+
+    return shlex.join(["harness", *(mask(a) for a in argv)])
 
 
 def file_digest(path: str | Path) -> str:

@@ -118,3 +118,5 @@ def test_the_recorded_command_masks_a_database_password():
     line = command_line(["sweep", "exp file.toml", "--storage", "postgresql://user:s3cret@db.example/optuna"])
     assert "s3cret" not in line
     assert line == "harness sweep 'exp file.toml' --storage 'postgresql://user:***@db.example/optuna'"  # as a shell reads it
+    joined = command_line(["sweep", "--storage=postgresql://user:s3cret@db.example/optuna"])
+    assert joined == "harness sweep '--storage=postgresql://user:***@db.example/optuna'"

@@ -87,7 +87,7 @@ def test_leaderboard_ranks_each_column_its_own_way_and_runs_friedman_as_scipy_do
     by_hand = stats.rankdata(-matrix, axis=1).mean(axis=0)
     assert [float(rows[f][1]) for f in order] == pytest.approx(by_hand, abs=0.01)
     p = stats.friedmanchisquare(*matrix.T).pvalue
-    assert f"p = {p:.2g}" in text and "Friedman test over 5 studies" in text
+    assert f"p = {p:.2g}" in text and "Friedman test over the 5 studies that all ran RNN, LSTM, GRU" in text
     png = Path("out/leaderboard_cd.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).shape[0] > 50
 
@@ -100,6 +100,21 @@ def test_a_leaderboard_of_fewer_than_five_studies_says_why_there_is_no_friedman_
     text = write_leaderboard("out").read_text()
     assert "No Friedman test: it needs at least 5 studies" in text and "2 studies compare families" in text
     assert not Path("out/leaderboard_cd.png").exists()
+
+
+def test_friedman_keeps_the_studies_that_ran_every_family_and_never_runs_on_two(workdir, monkeypatch):
+    client = MlflowClient()
+    for name, (finals, maximize) in STUDIES.items():  # five studies of RNN, LSTM, GRU …
+        write_study(client, name, finals, metric="accuracy" if maximize else "mse", maximize=maximize)
+    write_study(client, "f", {"rnn": [0.1, 0.2, 0.3], "brnn": [0.5, 0.6, 0.7]})  # … and one of RNN and BRNN
+    text = write_leaderboard("out").read_text()
+    assert "Friedman test over the 5 studies that all ran RNN, LSTM, GRU" in text and "(f left out" in text
+    two = MlflowClient(f"sqlite:///{workdir / 'two.db'}")
+    for name in "abcde":  # two families only: autorank would run a Wilcoxon test, not Friedman's
+        write_study(two, name, {arch: STUDIES[name][0][arch] for arch in ("rnn", "lstm")})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'two.db'}")
+    text = write_leaderboard("two").read_text()
+    assert "No Friedman test" in text and "three or more families" in text
 
 
 def test_report_and_leaderboard_errors_are_one_line(workdir, capsys):
@@ -144,6 +159,23 @@ def test_the_headline_answers_with_the_verdicts(workdir):
     p = stats.ttest_rel([0.93, 0.95, 0.94], [0.90, 0.95, 0.93]).pvalue
     assert tie.startswith("**GRU leads**: test accuracy 0.94 (")
     assert f"LSTM 0.9267 is statistically tied with it (p = {p:.2g}); RNN 0.51 is worse" in tie
+
+
+def test_an_architecture_without_a_finished_final_run_keeps_its_row(workdir):
+    client = MlflowClient()
+    write_study(client, "a", STUDIES["a"][0])
+    exp_id = client.get_experiment_by_name("a").experiment_id
+    run = client.create_run(exp_id, run_name="brnn-#9")  # one search trial, diverged: no final run
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in {
+        "model.arch": "brnn", "arch_family": "BRNN", "task.name": "digits", "task_metric": "accuracy",
+        "task_metric_direction": "maximize", "trial_number": "9"}.items()],
+        tags=[RunTag(k, v) for k, v in {"harness.role": "trial", "harness.study": "a", "harness.state": "failed",
+                                         "harness.failure": "diverged"}.items()])
+    client.set_terminated(run.info.run_id, "FAILED")
+    text = write_report("a", "out").read_text()
+    row = next(line for line in text.split("## Families")[1].splitlines() if line.startswith("| brnn"))
+    assert "— (no finished run)" in row and "BRNN" in row
+    assert "BRNN finished no run to compare" in text.split("\n\n")[1]  # the headline names it
 
 
 EXPERIMENT = """

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,13 +26,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import masked, tracking_uri
+from harness.errors import HarnessError
 from harness.provenance import PREFIX
 from harness.report import study as studies
 from harness.report.plots import plots as draw_plots
 from harness.report.runs import num, open_store, state
 from harness.report.tables import FORMATS
 
-__all__ = ["write_report", "write_leaderboard"]
+__all__ = ["write_all", "write_leaderboard", "write_report"]
 
 
 def md(table: pd.DataFrame) -> str:
@@ -83,12 +85,13 @@ def headline(s: studies.Study) -> str:
         verdicts = t["verdict"].astype(str)
         tied = [a for a in t.index[1:] if verdicts[a].startswith("tied")]
         worse = [a for a in t.index[1:] if verdicts[a].startswith("worse")]
-        undecided = [a for a in t.index[1:] if a not in tied and a not in worse]
+        unrun = [a for a in t.index[1:] if verdicts[a].startswith("— (no finished")]
+        undecided = [a for a in t.index[1:] if a not in tied and a not in worse and a not in unrun]
         if not verdicts[best] == "best":
             text = (f"**{name_of(t, best)}** scores highest" if s.maximize else f"**{name_of(t, best)}** scores lowest")
             text += f", {first}, but with under 3 seeds per architecture no verdict is drawn."
         else:
-            text = f"**{name_of(t, best)} {'leads' if tied else 'wins'}**: {first}"
+            text = f"**{name_of(t, best)} {'wins' if len(worse) == len(t) - 1 else 'leads'}**: {first}"
             if tied:
                 text += "; " + _and([f"{name_of(t, a)} {score(a)}" for a in tied])
                 text += f" {'is' if len(tied) == 1 else 'are'} statistically tied with it ({'; '.join(_p(verdicts[a]) for a in tied)})"
@@ -97,6 +100,8 @@ def headline(s: studies.Study) -> str:
                 text += f" {'is' if len(worse) == 1 else 'are'} worse (Holm-corrected paired tests, {_max_p(verdicts[worse])})"
             if undecided:
                 text += "; " + _and([name_of(t, a) for a in undecided]) + " ran too few shared seeds for a verdict"
+            if unrun:
+                text += "; " + _and([name_of(t, a) for a in unrun]) + " finished no run to compare"
             text += "."
     limited = [a for a in t.index if str(t.loc[a, "budget-limited"]).startswith("yes")]
     if limited:
@@ -122,7 +127,7 @@ FAMILIES_TEXT = (
     "Each architecture's best configuration trained again with the same fresh seeds (final runs): `test {m}` is "
     "their mean, measured once per run and never used to choose anything; the 95% interval is a percentile bootstrap "
     "over seeds and test examples. Each architecture is tested against the best over the seeds both ran (paired t, "
-    "Wilcoxon signed-rank from 6 seeds), Holm-corrected across architectures; `P(best beats it)` is the probability "
+    "Wilcoxon signed-rank from 10 seeds), Holm-corrected across architectures; `P(best beats it)` is the probability "
     "that a run of the best scores better than a run of this one (Agarwal et al. 2021). `MFLOP/sample`: analytic "
     "forward FLOPs. `train samples/s`: the final runs' median, each run's own the median over its epochs after the "
     "first that had the cores to itself (`(contended)`: none had, unreliable); `peak fraction`: that speed's share "
@@ -147,8 +152,30 @@ SEARCH_TEXT = (
 def write_report(study: str, out_dir: str | Path = "reports") -> Path:
     """Write `<out_dir>/<study>.md` and its PNG plots; returns the markdown's path."""
     client = open_store()
-    s = studies.load(study, client)
-    out = Path(out_dir)
+    return _write(studies.load(study, client), Path(out_dir), client)
+
+
+def write_all(out_dir: str | Path = "reports") -> list[Path]:
+    """Every study's report, then the leaderboard across them (`README.md`), each study read once;
+    a study that cannot be reported is named on stderr and in the leaderboard, the rest go on."""
+    from harness.report import leaderboard
+
+    client, out = open_store(), Path(out_dir)
+    loaded, skipped, paths = [], [], []
+    for name in leaderboard.study_names(client):
+        try:
+            s = studies.load(name, client)
+        except HarnessError as e:
+            print(f"harness: {name}: no report: {e}", file=sys.stderr)
+            skipped.append(f"`{name}` ({e})")
+            continue
+        loaded.append(s)
+        paths.append(_write(s, out, client))
+    return [*paths, leaderboard.write(out, loaded, skipped)]
+
+
+def _write(s: studies.Study, out: Path, client) -> Path:
+    study = s.name
     counts = state(s.runs).value_counts()
     states = counts.reindex([k for k in ("complete", "pruned", "failed", "interrupted") if k in counts] +
                             [k for k in counts.index if k not in ("complete", "pruned", "failed", "interrupted")])
@@ -224,7 +251,14 @@ def reproduction(s: studies.Study) -> list[str]:
 
 
 def write_leaderboard(out_dir: str | Path = "reports") -> Path:
-    """Write `<out_dir>/README.md`, the leaderboard across every study in the store."""
-    from harness.report.leaderboard import write
+    """Write `<out_dir>/README.md`, the leaderboard across every study in the store (no study reports)."""
+    from harness.report import leaderboard
 
-    return write(Path(out_dir))
+    client = open_store()
+    loaded, skipped = [], []
+    for name in leaderboard.study_names(client):
+        try:
+            loaded.append(studies.load(name, client))
+        except HarnessError as e:
+            skipped.append(f"`{name}` ({e})")
+    return leaderboard.write(Path(out_dir), loaded, skipped)

@@ -22,7 +22,6 @@ from harness.errors import HarnessError
 from harness.families import ordered
 from harness.report import md, staged
 from harness.report import study as studies
-from harness.report.runs import open_store
 
 MIN_STUDIES = 5  # autorank's minimum for a Friedman test (Demšar 2006 asks for more to trust it)
 
@@ -57,8 +56,8 @@ def scores(loaded: list[studies.Study]) -> tuple[pd.DataFrame, pd.DataFrame, pd.
             texts[fam] = text
         cell[s.name] = pd.Series(texts)
         peak = rows["peak fraction"]
-        speed[s.name] = pd.Series({fam: (f"{r['train samples/s']}" + (f" ({peak[fam]:.2f})" if peak[fam] == peak[fam] else ""))
-                                   if r["train samples/s"] else None for fam, r in rows.iterrows()})
+        speed[s.name] = pd.Series({fam: (f"{r['train samples/s']}" + (f" ({peak[fam]:.2f})" if pd.notna(peak[fam]) else ""))
+                                   if pd.notna(r["train samples/s"]) else None for fam, r in rows.iterrows()})
     frames = [pd.DataFrame(d) for d in (mean, cell, speed)]
     order = ordered(set().union(*(f.index for f in frames)))
     return tuple(f.reindex(order) for f in frames)
@@ -71,49 +70,52 @@ def ranks(mean: pd.DataFrame, maximize: dict[str, bool]) -> pd.DataFrame:
 
 
 def friedman(mean: pd.DataFrame, maximize: dict[str, bool], cd_path: Path) -> tuple[list[str], bool]:
-    """The Friedman / Nemenyi lines and whether the critical-difference diagram was drawn, over the
-    families that every comparing study ran."""
+    """The Friedman / Nemenyi lines and whether the critical-difference diagram was drawn: over the
+    largest set of three or more families that at least `MIN_STUDIES` studies all ran (the family
+    run by fewest studies is dropped until that holds), and those studies."""
     from autorank import autorank, plot_stats
 
     compared = [c for c in mean if mean[c].notna().sum() >= 2]
-    common = [f for f in mean.index if mean.loc[f, compared].notna().all()] if compared else []
-    if len(common) < 2 or len(compared) < MIN_STUDIES:
-        return [f"No Friedman test: it needs at least {MIN_STUDIES} studies comparing the same families (autorank's "
-                f"minimum); {len(compared)} stud{'y' if len(compared) == 1 else 'ies'} compare{'s' * (len(compared) == 1)} families here, and {len(common)} famil"
-                f"{'y' if len(common) == 1 else 'ies'} ran in all of them."], False
+    present = mean[compared].notna()
+    families = [f for f in mean.index if present.loc[f].any()]
+    studies: list[str] = []
+    while len(families) >= 3:
+        studies = [c for c in compared if present.loc[families, c].all()]
+        if len(studies) >= MIN_STUDIES:
+            break
+        families.remove(min(reversed(families), key=lambda f: present.loc[f].sum()))
+    if len(families) < 3:
+        return [f"No Friedman test: it needs at least {MIN_STUDIES} studies (autorank's minimum) that all ran the same "
+                f"three or more families; {len(compared)} stud{'y' if len(compared) == 1 else 'ies'} compare"
+                f"{'s' * (len(compared) == 1)} families here."], False
     # Higher is better in every column: lower-is-better metrics enter negated (ranks are unchanged).
-    data = pd.DataFrame({f: [mean.loc[f, c] * (1 if maximize[c] else -1) for c in compared] for f in common})
+    data = pd.DataFrame({f: [mean.loc[f, c] * (1 if maximize[c] else -1) for c in studies] for f in families})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = autorank(data, alpha=0.05, force_mode="nonparametric", order="descending")
     import matplotlib
 
     matplotlib.use("Agg")
-    ax = plot_stats(result, allow_insignificant=True)
-    ax.figure.savefig(cd_path, dpi=100, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
+    ax = plot_stats(result, allow_insignificant=True)
+    ax.figure.savefig(cd_path, dpi=100, bbox_inches="tight")
     plt.close(ax.figure)
     verdict = "differ" if result.pvalue < 0.05 else "cannot be told apart"
-    lines = [f"Friedman test over {len(compared)} studies and the {len(common)} families all of them ran "
-             f"({', '.join(common)}): p = {result.pvalue:.2g}, so their ranks {verdict} at α = 0.05."]
+    left_out = [c for c in compared if c not in studies]
+    lines = [f"Friedman test over the {len(studies)} studies that all ran {', '.join(families)}: p = {result.pvalue:.2g}, "
+             f"so their ranks {verdict} at α = 0.05" + (f" ({', '.join(left_out)} left out: not every one of these families ran)"
+                                                         if left_out else "") + "."]
     if result.cd is not None:
         lines.append(f"Nemenyi critical difference: {result.cd:.2f} ranks; families whose mean ranks differ by less "
                      "are joined by a bar in the diagram (Demšar 2006).")
     return lines, True
 
 
-def write(out: Path) -> Path:
-    client = open_store()
-    names = study_names(client)
-    if not names:
+def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
+    """`out/README.md` from the studies read (`skipped`: those that could not be, with why)."""
+    if not loaded and not skipped:
         raise HarnessError(f"no studies in the MLflow store {tracking_uri()}; run `harness sweep` first")
-    loaded, skipped = [], []
-    for name in names:
-        try:
-            loaded.append(studies.load(name, client))
-        except HarnessError as e:
-            skipped.append(f"`{name}` ({e})")
     if not loaded:
         raise HarnessError(f"no study in {tracking_uri()} has runs to compare: " + "; ".join(skipped))
     maximize = {s.name: s.maximize for s in loaded}

@@ -30,10 +30,14 @@ class Study:
         return str(self.runs.iloc[0].get("params.task.name", "?"))
 
     def verdict_rows(self) -> pd.DataFrame:
-        """Each family's best architecture in this study: its row of the families table."""
+        """Each family's row of the families table, indexed by family: its architecture with the best
+        selection score when it has several (chosen on validation, never on the test metric)."""
         if self.families.empty:
             return self.families
-        return self.families[~self.families["family"].duplicated()].reset_index().set_index("family")
+        selection = self.search[f"selection score (val {self.metric})"].reindex(self.families.index)
+        ranked = self.families.assign(_s=selection).sort_values("_s", ascending=not self.maximize, kind="stable",
+                                                               na_position="last")
+        return ranked[~ranked["family"].duplicated()].drop(columns="_s").reset_index().set_index("family")
 
 
 def load(name: str, client: MlflowClient) -> Study:

@@ -70,7 +70,7 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     """The study's answer, one row per architecture (its family beside it), ranked by the final
     runs' mean test metric: how well (a 95% bootstrap interval over seeds and test examples,
     `per_example(run_ids)` giving the seeds × examples matrix or None; against the best over the
-    seeds both ran, a paired test — t, or Wilcoxon from 6 seeds — Holm-corrected, its verdict, and
+    seeds both ran, a paired test — t, or Wilcoxon from 10 seeds — Holm-corrected, its verdict, and
     the probability that a run of the best beats a run of this one; no verdict below 3 shared
     seeds), at what cost (parameters, analytic FLOPs, the final runs' median training speed, its
     share of the device's peak and the kernel), why (best epoch, budget-limited, gradient-flow
@@ -82,11 +82,12 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     test = f"test {metric}"
     scores = {arch: g.assign(_t=num(g, f"metrics.test_{metric}")).dropna(subset=["_t"]).set_index("seed")
               for arch, g in finals.groupby("params.model.arch", sort=False)}
-    scores = {arch: g for arch, g in scores.items() if len(g)}
+    scores = {arch: g[~g.index.duplicated()] for arch, g in scores.items() if len(g)}  # one run per seed
     if not scores:
         return pd.DataFrame()
     means = {arch: g["_t"].mean() for arch, g in scores.items()}
     best = (max if maximize else min)(means, key=means.get)
+    scores = {best: scores[best]} | scores  # the best first: on a tie in the mean it stays the first row
     rows, raw = {}, {}
     for arch, g in scores.items():
         low, high = stats.interval(g["_t"].to_numpy(), per_example(list(g["run_id"])))
@@ -119,12 +120,16 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "architecture"
     table["params"] = table["params"].round().astype("Int64")
-    table = table.join(trial_counts(runs), how="left")
+    counts = trial_counts(runs)
+    missing = counts.index.difference(table.index)  # every trial diverged, or no final run finished: still a row
+    table = pd.concat([table, pd.DataFrame({"family": runs.groupby("params.model.arch")["family"].first()[missing],
+                                            "seeds": 0, "verdict": "— (no finished run)"}, index=missing)])
+    table = table.join(counts, how="left").rename_axis("architecture")
     order = ["family", test, "95% interval", "seeds", "sd over seeds", "verdict", "P(best beats it)", "params", "MFLOP/sample", "train samples/s",
              "peak fraction", "kernel", "best epoch (median)", "budget-limited", "grad flow rate", "grad flow rate (bwd)",
              "trials", "pruned", "diverged", "failed", "interrupted"]
     table = table[[c for c in order if c in table]]
-    return table.sort_values(test, ascending=not maximize)
+    return table.sort_values(test, ascending=not maximize, kind="stable", na_position="last")
 
 
 def trial_counts(runs: pd.DataFrame) -> pd.DataFrame:
