@@ -234,19 +234,20 @@ def test_real_studies_give_full_reports_one_colour_per_family_and_a_leaderboard(
     refs = text.split("## Published references")[1].split("## ")[0]
     assert "| GRU " in refs and "Made-up et al. 2026, table 1" in refs and "0.5 " in refs
 
-    # one colour per family, the same in both reports: every line and point labelled with an
-    # architecture is drawn in its family's colour
+    # one colour per family, the same in both reports: every line, band and point labelled with an
+    # architecture (a leading _ keeps bands and strips out of legends) is drawn in its family's colour
     seen: dict[str, set[str]] = {}
     for _name, fig in figures:
         for ax in fig.axes:
             for artist in [*ax.get_lines(), *ax.collections]:
-                arch = artist.get_label().split(" ")[0].rstrip(",")
+                arch = artist.get_label().lstrip("_").split(" ")[0].rstrip(",")
                 if arch in FAMILY:
                     rgba = artist.get_color() if hasattr(artist, "get_marker") else artist.get_facecolor()[0]
                     seen.setdefault(arch, set()).add(matplotlib.colors.to_hex(rgba))
     assert seen["gru"] == {families.colour("GRU")}
     assert seen["rnn"] == {families.colour("RNN")} and seen["lstm"] == {families.colour("LSTM")}
-    assert {n for n, _ in figures if n.startswith("add_")} and {n for n, _ in figures if n.startswith("dig_")}
+    drawn = {n for n, _ in figures}
+    assert {"dig_curves.png", "dig_trials.png", "add_curves.png", "add_trials.png"} <= drawn, drawn
 
     header, rows = board_cells(Path("out/README.md").read_text())
     for study, maximize in (("dig", True), ("add", False)):

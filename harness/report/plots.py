@@ -77,7 +77,7 @@ def curves(study: Study, client: MlflowClient, path: Path) -> str | None:
         table = pd.concat(per_run, axis=1).sort_index()
         ax.plot(table.index, table.median(axis=1), color=c, ls=ls, label=f"{_label(study, arch)}, {len(per_run)} run{'s' * (len(per_run) > 1)}")
         if len(per_run) > 1:
-            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=c, alpha=0.15, lw=0)
+            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=c, alpha=0.15, lw=0, label=f"_{arch} range")
     if not ax.get_lines():  # no run logged its validation curve
         plt.close(fig)
         return None
@@ -238,7 +238,7 @@ def trials_strip(study: Study, path: Path) -> str | None:
     ax.boxplot([v for *_, v in groups], positions=range(len(groups)), widths=0.5, showfliers=False,
                medianprops={"color": "black"})
     for i, (_, c, v) in enumerate(groups):
-        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, color=c, alpha=0.7, s=14, zorder=3)
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, color=c, alpha=0.7, s=14, zorder=3, label=f"_{groups[i][0]} trials")
     ax.set_xticks(range(len(groups)), [_label(study, a) for a, *_ in groups], rotation=20)
     ax.set(ylabel=f"best validation {study.metric}", title=f"{study.name}: every finished trial")
     _save(fig, path)
