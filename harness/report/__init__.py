@@ -244,7 +244,8 @@ def reproduction(s: studies.Study) -> list[str]:
              f"{r.get('torch')} / {r.get('mlflow')} / {r.get('optuna')} / {r.get('python')}",
              "device": r.get("device"), "date": r.get("date"), "Optuna storage": f"`{r.get('storage')}`",
              "MLflow store": f"`{masked(tracking_uri())}`, experiment `{s.name}`",
-             "sweep wall time": f"{(int(end) - int(start)) / 60000:.1f} min (the study run's start to end, finals included)"
+             "sweep wall time": f"{float(r['wall_s']) / 60:.1f} min (every sweep command of the study, final runs included)"
+             if r.get("wall_s") else f"{(int(end) - int(start)) / 60000:.1f} min (the study run's start to end, final runs included)"
              if start and end else None}
     lines += [f"- {k}: {v}" for k, v in facts.items() if v]
     return lines

@@ -152,6 +152,7 @@ def run(
         exp_id, parent = parent_run(client, exp, url)
         set_tags(client, parent, provenance.study_tags(exp, url, [s.device for s in slots], source))
     status, pareto, finals, edge = "FAILED", [], [], []
+    started = time.monotonic()
     try:
         fail_lost_trials(study)
         close_orphan_runs(client, exp_id, study)
@@ -185,5 +186,6 @@ def run(
     finally:
         fail_lost_trials(study)
         close_orphan_runs(client, exp_id, study)
+        provenance.add_wall_time(client, parent, time.monotonic() - started)
         client.set_terminated(parent, status)
     return SweepOutcome(study, objs, url, pareto, finals, edge)
