@@ -555,3 +555,24 @@ def test_final_runs_are_shared_among_the_workers_each_seed_once(exp_file, workdi
     assert len(set(pairs)) == 6  # no (configuration, seed) trained twice
     assert len({r.data.tags["harness.worker"] for r in finals}) == 2  # both workers trained some
     assert sorted((f.arch, f.seed) for f in outcome.finals) == sorted((a, s) for a in ("gru", "rnn") for s in (1000, 1001, 1002))
+
+
+def test_the_median_pruner_compares_a_trial_with_its_own_architecture_only():
+    from optuna.distributions import CategoricalDistribution
+
+    from harness.sweep.space import ByArchitecture
+
+    study = optuna.create_study(direction="maximize")
+    arch = {"model.arch": CategoricalDistribution(["gru", "rnn"])}
+    for value in (0.9, 0.91, 0.92):  # three GRUs, fast learners
+        study.add_trial(optuna.trial.create_trial(params={"model.arch": "gru"}, distributions=arch, value=value,
+                                                  intermediate_values={1: value, 2: value}))
+    slow = optuna.trial.create_trial(params={"model.arch": "rnn"}, distributions=arch, state=TrialState.RUNNING,
+                                     intermediate_values={1: 0.3, 2: 0.4})
+    plain = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    assert plain.prune(study, slow)  # study-wide: the RNN is judged by the GRUs
+    assert not ByArchitecture(plain).prune(study, slow)  # by architecture: no RNN has finished yet
+    for value in (0.5, 0.6, 0.7):
+        study.add_trial(optuna.trial.create_trial(params={"model.arch": "rnn"}, distributions=arch, value=value,
+                                                  intermediate_values={1: value, 2: value}))
+    assert ByArchitecture(plain).prune(study, slow)  # worse than the median RNN: pruned
