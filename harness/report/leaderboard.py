@@ -11,6 +11,8 @@ and its share of the device's peak, family × study.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 
@@ -90,7 +92,7 @@ def friedman(mean: pd.DataFrame, maximize: dict[str, bool], cd_path: Path) -> tu
                 f"{'s' * (len(compared) == 1)} families here."], False
     # Higher is better in every column: lower-is-better metrics enter negated (ranks are unchanged).
     data = pd.DataFrame({f: [mean.loc[f, c] * (1 if maximize[c] else -1) for c in studies] for f in families})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # autorank prints its choice of tests
         warnings.simplefilter("ignore")
         result = autorank(data, alpha=0.05, force_mode="nonparametric", order="descending")
     import matplotlib
@@ -98,7 +100,8 @@ def friedman(mean: pd.DataFrame, maximize: dict[str, bool], cd_path: Path) -> tu
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ax = plot_stats(result, allow_insignificant=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ax = plot_stats(result, allow_insignificant=True)
     ax.figure.savefig(cd_path, dpi=100, bbox_inches="tight")
     plt.close(ax.figure)
     verdict = "differ" if result.pvalue < 0.05 else "cannot be told apart"
