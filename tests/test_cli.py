@@ -85,7 +85,8 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
 
     archs = {t.data.params["model.arch"] for t in trials}
     report = (workdir / "reports" / "smoke.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| ") and "architecture" not in line]
+    families = report.split("## Families")[1].split("\n## ")[0]
+    rows = [line for line in families.splitlines() if line.startswith("| ") and "architecture" not in line]
     assert {row.split("|")[1].strip() for row in rows} == archs
     assert (workdir / "reports" / "smoke_curves.png").stat().st_size > 1000
 
@@ -95,9 +96,12 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
     assert sum(r.data.tags.get("harness.role") == "study" for r in runs) == 1
     assert sum(r.data.tags.get("harness.role") == "trial" for r in runs) == 4
 
-    # `harness report` reads MLflow alone, into another folder.
+    # `harness report` reads MLflow alone, into another folder: the same report but for the wall time,
+    # which the resuming command added to.
     assert main(["report", "smoke", "--out", str(workdir / "elsewhere")]) == 0
-    assert (workdir / "elsewhere" / "smoke.md").read_text().splitlines()[4:] == report.splitlines()[4:]
+    again = (workdir / "elsewhere" / "smoke.md").read_text()
+    assert again.split("## Reproduction")[0] == report.split("## Reproduction")[0]
+    assert "harness sweep " + " ".join(args[1:3]) in again.split("## Reproduction")[1]
 
 
 @pytest.mark.parametrize(
