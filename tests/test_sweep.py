@@ -167,11 +167,16 @@ def test_devices_plan_slots_and_threads(monkeypatch):
     else:
         assert [s.device for s in slots] == ["cpu"] and "no GPU visible" in notice
 
-    slots, notice = plan_slots(["cpu"], 3)
-    assert notice is None and [s.index for s in slots] == [0, 1, 2] and {s.device for s in slots} == {"cpu"}
-    assert all(s.threads == max(1, workers.cpu_count() // 3) for s in slots)
+    cores = workers.cpu_count()
+    slots, notice = plan_slots(["cpu"], 2)
+    assert notice is None and [s.index for s in slots] == [0, 1] and {s.device for s in slots} == {"cpu"}
+    assert all(s.threads == max(1, cores // 2) for s in slots)
     assert slots[0].env == {"OMP_NUM_THREADS": str(slots[0].threads)}
     assert plan_slots(["cpu"], 1)[0][0].threads is None  # one worker keeps torch's default
+    # No more worker processes than cores: --jobs 1000 is an error, not 1000 torch processes.
+    assert len(plan_slots(["cpu"], cores)[0]) == cores
+    with pytest.raises(HarnessError, match=rf"sweep.jobs: {cores + 1} workers .* {cores} CPU cores; use --jobs {cores} or fewer"):
+        plan_slots(["cpu"], cores + 1)
 
     with pytest.raises(HarnessError, match=r"sweep.devices: 'tpu'"):
         plan_slots(["tpu"], 1)
