@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -167,6 +168,63 @@ def test_ui_serves_the_tracking_store_on_localhost(workdir):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and any workers it started
         proc.wait(timeout=30)
+
+
+def _start_ui(workdir) -> tuple[subprocess.Popen, int, list[psutil.Process]]:
+    """`harness ui` on a free port, once the port answers; with every process it started."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port)], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, "harness ui exited before serving"
+            time.sleep(0.5)
+    else:
+        raise AssertionError("the UI never answered")
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert len(started) >= 3  # the keeper, mlflow ui, uvicorn (and MLflow's job runner …)
+    return proc, port, started
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_the_ui_leaves_nothing_behind_when_it_is_stopped(workdir, sig):
+    proc, port, started = _start_ui(workdir)
+    try:
+        os.kill(proc.pid, sig)
+        gone, alive = psutil.wait_procs(started, timeout=15)
+        assert not alive, [p.cmdline() for p in alive]
+        assert _refused(port)
+        assert proc.wait(timeout=15) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    finally:  # whatever the outcome, nothing of this test keeps running
+        for p in started:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_ui_refuses_a_port_in_use(workdir, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["ui", "--port", str(s.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: --port: ") and err.count("\n") == 1
+    assert not (workdir / "mlflow.db").exists()
 
 
 def test_a_diverging_run_exits_1_with_one_line_and_a_failed_run(workdir, capsys):
