@@ -233,6 +233,15 @@ def test_a_diverging_run_exits_1_with_one_line_and_a_failed_run(workdir, capsys)
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "diverged" in err and "Traceback" not in err and err.count("\n") == 1
+    assert "a smaller train.clip_norm (now 1e+30)" in err and "set train.clip_norm" not in err  # it is set already
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["harness.failure"] == "diverged"
+
+
+def test_a_sweep_whose_timeout_ends_before_any_trial_says_no_report_on_stderr(workdir, capsys):
+    argv = ["sweep", QUICK, *SMALL, "--timeout", "0.001", "--jobs", "1", "--repeat", "0", "--devices", "cpu"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "study 'quickstart'" in out and "no report" not in out  # its grid points queued, none run
+    assert err.startswith("harness: no report: ") and err.count("\n") == 1

@@ -20,8 +20,9 @@ from harness.archs import create_model
 from harness.cli import _parser, _sweep_experiment
 from harness.config import Experiment, load_experiment
 from harness.errors import HarnessError
+from harness.runner import run_trial
 from harness.sweep import run, workers
-from harness.sweep.objective import objectives
+from harness.sweep.objective import objectives, result_keys
 from harness.sweep.space import arch_choices
 from harness.sweep.storage import make_storage, masked, resolve_storage
 from harness.sweep.workers import Slot, is_gone, plan_slots, worker_id
@@ -148,6 +149,9 @@ def test_objectives_storage_specs_and_passwords(exp_file, workdir):
                          (["val_loss:up"], ":max or :min"), (["val_loss:min", "val_loss:max"], "twice")):
         with pytest.raises(HarnessError, match=message):
             objectives(load(exp_file, f"sweep.objectives={bad!r}"), task)
+
+    with pytest.raises(HarnessError, match="'val_foo' is not a trial metric"):  # before any trial trains
+        objectives(load(exp_file, "sweep.objectives=['val_foo:max']"), task)
 
     assert resolve_storage(None) == f"sqlite:///{workdir / 'optuna.db'}"
     assert resolve_storage("journal:runs/s.log") == f"journal:{workdir / 'runs' / 's.log'}"
@@ -325,6 +329,15 @@ def test_pruning_prunes_a_study_built_to_need_it(exp_file, capsys):
     for t in pruned:
         run_ = by_number[t.number]
         assert run_.info.status == "KILLED" and run_.data.tags["harness.state"] == "pruned"
+
+
+def test_the_keys_an_objective_may_name_are_what_a_trial_holds(exp_file):
+    # One real epoch of a bidirectional GRU (so every gradient-flow key exists), gradient flow on.
+    exp = load(exp_file, "train.epochs=1", "model.arch=gru", "model.bidirectional=true", "tracking.gradflow=true")
+    result = run_trial(exp)
+    held = {k for k in {*result.final_metrics(), *result.history[0]} if not k.startswith("test_")}
+    assert held == result_keys(exp, result.metric)
+    assert "gradflow_rate" not in result_keys(exp.with_values({"tracking.gradflow": False}), result.metric)
 
 
 def test_multi_objective_tags_and_prints_the_pareto_front(exp_file, capsys, monkeypatch):

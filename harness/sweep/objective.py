@@ -47,7 +47,8 @@ def result_keys(exp: Experiment, metric: str) -> set[str]:
              "cpu_share"}
     final = {f"best_val_{metric}", "best_epoch", "epochs_run", "stopped_early", "budget_limited", "total_time_s",
              "train_samples_per_s", "train_samples_per_s_min", "train_samples_per_s_max", "bench_step_ms",
-             "device_peak_gflops", "train_gflops_per_s", "peak_fraction", "peak_memory_mb"}
+             "device_peak_gflops", "train_gflops_per_s", "peak_fraction", "peak_memory_mb",
+             "infer_latency_ms_p50", "infer_latency_ms_p95", "infer_samples_per_s"}
     flow = {"gradflow_rate", "gradflow_rate_iqr", "gradflow_rate_bwd", "gradflow_rate_bwd_iqr"} if exp.tracking.gradflow else set()
     return epoch | final | flow
 
