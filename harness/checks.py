@@ -34,19 +34,29 @@ def check_file(path: str | Path, what: str) -> None:
     check_folder(path.parent, what)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///PATH` URL; None for any other URL."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///").partition("?")[0]).expanduser().absolute()
+
+
 def check_sqlite(url: str, what: str) -> None:
     """Raise unless the SQLite store at `url` (sqlite:///PATH) is an intact database or can be
     created. The file is opened read-only: a corrupt store stays as it was."""
-    if not url.startswith("sqlite:///"):
+    path = sqlite_path(url)
+    if path is None:
         return
-    path = Path(url.removeprefix("sqlite:///").partition("?")[0]).expanduser().absolute()
     check_file(path, what)
     if not path.exists():
         return
-    try:
-        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-            # reads every page: finds a truncated file as well as one that never was a database
+    try:  # as patient with a busy store as its writers are (harness.sweep.storage)
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            # Reads every page (a fraction of a second for 200 MB): finds a truncated file as
+            # well as one that never was a database.
             problems = [row[0] for row in db.execute("PRAGMA quick_check") if row[0] != "ok"]
+    except sqlite3.OperationalError as e:
+        problems = [] if "locked" in str(e) else [str(e)]  # locked: in use by others, so a database
     except sqlite3.Error as e:
         problems = [str(e)]
     if problems:
@@ -64,7 +74,8 @@ def check_tracking(study: str | None = None) -> None:
     uri = tracking_uri()
     what = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.db"
     check_sqlite(uri, what)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").partition("?")[0]).expanduser().exists():
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
         return
     try:
         client = MlflowClient(tracking_uri=uri)
