@@ -107,9 +107,9 @@ def _run(args) -> int:
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
     exp = load_experiment(args.experiment, sets)
-    # Bad task options, model overrides, device or store fail here, before anything is written.
-    built = build(exp)
+    # A bad device, task option, model override or store fails here, before anything is written.
     resolve_device(exp.train.device)
+    built = build(exp)
     check_tracking(exp.name)
     client = get_client()
     run = MlflowRun(client, experiment_id(client, exp.name), exp, name=run_name(exp),

@@ -133,13 +133,13 @@ def run(
     `source`: the command and experiment file, recorded for the report's reproduction section."""
     if study_name:
         exp = exp.with_values({"name": study_name})
-    # Everything is checked before anything is written: settings, task, every value of the
-    # search space, objectives, devices, then both stores (read, not created).
+    # Everything is checked before anything is written: storage spec, devices, task, objectives,
+    # every value of the search space, sampler, then both stores (read, not created).
     url = resolve_storage(storage or exp.sweep.storage)
+    slots, notice = workers.plan_slots(exp.sweep.devices, exp.sweep.jobs, exp.train.device)
     task = load_task(exp.task.name, **exp.task.options())
     objs = objectives(exp, task)
     check_space(exp, task)
-    slots, notice = workers.plan_slots(exp.sweep.devices, exp.sweep.jobs, exp.train.device)
     sampler = make_sampler(exp, len(objs) > 1)
     check_tracking(exp.name)
     quiet_optuna()
