@@ -112,6 +112,7 @@ CASES = {
     "device-word": run("train.device", "--device", "gpu"),
     "device-cuda7-run": run("train.device", "--device", "cuda:7"),
     "device-cuda7-sweep": sweep("cuda:7", "--devices", "cuda:7"),
+    "device-mps-run": run("train.device", "--device", "mps"),
     "devices-word": sweep("sweep.devices", "--devices", "tpu"),
     "grad-stats-negative": run("tracking.grad_stats_every", "--set", "tracking.grad_stats_every=-1"),
     "system-interval-zero": run("tracking.system_metrics_interval", "--set", "tracking.system_metrics_interval=0"),
@@ -208,6 +209,8 @@ CASES = {
 }
 if not NO_GPU_7:
     del CASES["device-cuda7-run"], CASES["device-cuda7-sweep"]
+if torch.backends.mps.is_available():
+    del CASES["device-mps-run"]
 
 
 def tree(folder: Path) -> dict[str, str]:
