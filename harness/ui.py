@@ -6,8 +6,8 @@ small supervisor and the server lives one step away:
 
     harness ui ──pipe──▶ keeper (its own session and process group) ──▶ mlflow ui and children
 
-The keeper starts `mlflow ui` in its process group (every process of the server inherits it)
-and then reads its stdin: the read end of a pipe whose only write end the command holds. The
+The keeper starts `mlflow ui` in its process group (every process of the server inherits it;
+none of MLflow's leaves it) and then reads its stdin: the read end of a pipe whose only write end the command holds. The
 kernel closes that end when the command exits by any means, Ctrl-C, SIGTERM or SIGKILL alike, so
 the keeper reads end-of-file and stops its whole group (SIGTERM, then SIGKILL after `GRACE_S`).
 When the server exits on its own the keeper stops what is left and exits with its code. In its
@@ -34,6 +34,7 @@ GRACE_S = 5.0  # seconds the server's processes get to exit on SIGTERM before SI
 def check_port(port: int) -> None:
     """Raise unless 127.0.0.1:`port` is free to listen on."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed port's TIME_WAIT is free
         try:
             s.bind(("127.0.0.1", port))
         except OSError as e:
