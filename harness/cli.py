@@ -24,8 +24,21 @@ class _DataDir(argparse.Action):
         namespace.sets = [*(namespace.sets or []), item]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are harness's: one line, exit 2 (not a usage block)."""
+
+    def error(self, message: str):
+        raise HarnessError(f"{message}; see {self.prog} --help")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Benchmark recurrent neural networks.")
+    p = _Parser(prog="harness", description="Benchmark recurrent neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     ls = sub.add_parser("list", help="list registered architectures or tasks")
@@ -66,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="reports", help="output folder (default reports/)")
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over harness's tracking store")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     return p
 
 
@@ -86,22 +99,27 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
+    from harness.checks import check_tracking
     from harness.config import load_experiment
     from harness.errors import Diverged
-    from harness.runner import build, run_trial
+    from harness.runner import build, resolve_device, run_trial
     from harness.tracking import MlflowRun, experiment_id, get_client, run_name, tracking_uri
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
     exp = load_experiment(args.experiment, sets)
-    built = build(exp)  # bad task options or model overrides fail here, before anything is written
+    # A bad device, task option, model override or store fails here, before anything is written.
+    resolve_device(exp.train.device)
+    built = build(exp)
+    check_tracking(exp.name)
     client = get_client()
     run = MlflowRun(client, experiment_id(client, exp.name), exp, name=run_name(exp),
                     tags={"harness.role": "run", "harness.study": exp.name})
     try:
         result = run_trial(exp, [run], built=built)
     except Diverged as e:  # the run is already closed FAILED with harness.failure=diverged
-        print(f"harness: {exp.model.arch} on {exp.task.name} diverged: {e}; try a lower train.lr or set train.clip_norm",
-              file=sys.stderr)
+        clip = exp.train.clip_norm
+        hint = "try a lower train.lr" + (f" or a smaller train.clip_norm (now {clip:g})" if clip else " or set train.clip_norm")
+        print(f"harness: {exp.model.arch} on {exp.task.name} diverged: {e}; {hint}", file=sys.stderr)
         return 1
     m = result.metric
     print(f"{exp.model.arch} on {exp.task.name}: best val {m} {result.best_val:.4f} (epoch {result.best_epoch}), "
@@ -126,6 +144,7 @@ def _sweep_experiment(args):
 
 
 def _sweep(args) -> int:
+    from harness.checks import check_folder
     from harness.config import experiment_path
     from harness.provenance import command_line, file_digest
     from harness.report import write_report
@@ -133,6 +152,7 @@ def _sweep(args) -> int:
     from harness.tracking import tracking_uri
 
     exp = _sweep_experiment(args)
+    check_folder(args.out, "--out")  # before the sweep trains, not after
     path = experiment_path(args.experiment)
     source = {"command": command_line(args.argv), "experiment_file": str(path), "experiment_sha256": file_digest(path)}
     outcome = run(exp, source=source)
@@ -140,7 +160,7 @@ def _sweep(args) -> int:
     try:
         path = write_report(outcome.study.study_name, args.out)
     except HarnessError as e:
-        print(f"no report: {e}")
+        print(f"harness: no report: {e}", file=sys.stderr)
         return 1
     print(f"report: {path}")
     print(f"browse the runs: harness ui   (or: mlflow ui --backend-store-uri {tracking_uri()})")
@@ -148,21 +168,28 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
+    from harness.checks import check_folder, check_tracking
     from harness.report import write_all, write_report
 
     if bool(args.study) == args.all:
         raise HarnessError("report: name one study (harness report STUDY) or pass --all, not both")
+    check_folder(args.out, "--out")
+    check_tracking(args.study)
     for path in write_all(args.out) if args.all else [write_report(args.study, args.out)]:
         print(path)
     return 0
 
 
 def _ui(args) -> int:
-    from harness.config import tracking_uri
+    from harness.checks import check_tracking
+    from harness.config import masked, tracking_uri
+    from harness.ui import check_port, serve
 
+    check_tracking()
+    check_port(args.port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {tracking_uri()} (Ctrl-C stops)", flush=True)
-    os.execv(sys.executable, cmd)  # become the server: signals (Ctrl-C, kill) reach it directly
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {masked(tracking_uri())} (Ctrl-C stops)", flush=True)
+    return serve(cmd)  # the server and its workers end with this command, even on SIGKILL (harness.ui)
 
 
 COMMANDS = {"list": _list, "run": _run, "sweep": _sweep, "report": _report, "ui": _ui}
@@ -170,7 +197,11 @@ COMMANDS = {"list": _list, "run": _run, "sweep": _sweep, "report": _report, "ui"
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
     args.argv = argv  # as typed: the study records its command
     # Not MLflow's schema-migration chatter: the variable rules when mlflow is imported later,
     # the level when it already was.

@@ -9,6 +9,7 @@ and `flat()` of it is exactly what gets logged.
 from __future__ import annotations
 
 import os
+import reprlib
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,11 @@ from sqlalchemy.exc import ArgumentError
 from harness.errors import HarnessError
 
 DEFAULT_EXPERIMENT = Path("experiments/quickstart.toml")
+# Seeds are below 2**63: torch takes up to 2**64 - 1, and sweeps add offsets (seeds, final runs).
+SEED_MAX = 2**63 - 1
+# A study's name names its MLflow experiment and parent run (runs' names: at most 250
+# characters in MLflow's SQL stores) and its report files (`<name>_<plot>.png`: 255 bytes).
+NAME_MAX = 200
 
 
 def tracking_uri() -> str:
@@ -42,14 +48,16 @@ def default_storage() -> str:
     return f"sqlite:///{Path.cwd() / 'optuna.db'}"
 
 
+# Strict: a boolean is not a number (`epochs = true` is an error, not 1 epoch) and no text is
+# read as a number; an integer still serves where a float is asked for.
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class TaskSettings(_Section):
     """`[task]`: `name` plus the task's own options (checked against the task's signature)."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
     name: str = "mnist1d"
     n_train: int | None = Field(default=None, gt=0)
 
@@ -60,7 +68,7 @@ class TaskSettings(_Section):
 class ModelSettings(_Section):
     """`[model]`: `arch` plus the architecture's overrides (passed to `create_model`)."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
     arch: str = "lstm"
 
     def overrides(self) -> dict[str, Any]:
@@ -77,7 +85,7 @@ class TrainSettings(_Section):
     clip_norm: float | None = Field(default=None, gt=0)
     # Stop after this many epochs without a better validation metric; `epochs` is the cap.
     patience: int | None = Field(default=None, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     device: str = "auto"
     eval_batch_size: int = Field(default=1024, gt=0)
 
@@ -110,7 +118,12 @@ class ParamSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _from_list(cls, v: Any) -> Any:
-        return {"choices": v} if isinstance(v, list) else v
+        if isinstance(v, list):
+            return {"choices": v}
+        for k in ("low", "high", "step"):  # one message, not one per member of `int | float`
+            if isinstance(v, dict) and v.get(k) is not None and (isinstance(v[k], bool) or not isinstance(v[k], (int, float))):
+                raise ValueError(f"{k} must be a number")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> ParamSpec:
@@ -135,7 +148,7 @@ class SweepSettings(_Section):
     timeout: float | None = Field(default=None, gt=0)  # seconds after which no trial starts
     sampler: Literal["tpe", "random", "grid", "qmc", "nsga2"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
-    seed: int | None = 0
+    seed: int | None = Field(default=0, ge=0, le=SEED_MAX)
     # "val_<metric>:max" style keys of the trial result; empty means the task's own validation metric.
     objectives: list[str] = []
     # Optuna storage: sqlite:///…, postgresql://…, journal:PATH (or a path ending .log/.journal);
@@ -182,7 +195,7 @@ class Reference(_Section):
 
 
 class Experiment(_Section):
-    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=NAME_MAX)
     description: str = ""
     task: TaskSettings = TaskSettings()
     model: ModelSettings = ModelSettings()
@@ -191,12 +204,12 @@ class Experiment(_Section):
     sweep: SweepSettings = SweepSettings()
     reference: list[Reference] = []
 
-    def with_values(self, values: dict[str, Any]) -> Experiment:
-        """A new validated experiment with dotted keys (`train.lr`) set."""
+    def with_values(self, values: dict[str, Any], source: str = "experiment") -> Experiment:
+        """A new validated experiment with dotted keys (`train.lr`) set; `source` begins its errors."""
         raw = self.model_dump(exclude_none=True)
         for key, value in values.items():
             set_dotted(raw, key, value)
-        return validate(raw)
+        return validate(raw, source)
 
     def flat(self) -> dict[str, Any]:
         """The resolved settings as dotted keys (the sweep's search space excluded)."""
@@ -240,7 +253,7 @@ def _one_line(e: ValidationError, source: str) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
-    got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    got = "" if err["type"] == "missing" else f" (got {reprlib.repr(err['input'])})"
     more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
     return f"{source}: {loc}: {msg}{got}{more}"
 
@@ -270,7 +283,9 @@ def load_experiment(path: str | Path | None = None, sets: list[str] | tuple[str,
     """
     p = experiment_path(path)
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{p}: not UTF-8 text (byte {e.start}); save the experiment file as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise HarnessError(f"{p}: not valid TOML: {e}") from None
     raw.setdefault("name", p.stem)

@@ -26,6 +26,10 @@ def resolve_device(name: str) -> torch.device:
         raise HarnessError(f"train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise HarnessError(f"train.device: {name!r} asked for, but no CUDA GPU is visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HarnessError(f"train.device: {name!r} asked for, but Apple's MPS is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise HarnessError(f"train.device: {name!r} asked for, but only cuda:0 to cuda:{torch.cuda.device_count() - 1} are visible")
     return dev
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -173,12 +174,78 @@ def test_ui_serves_the_tracking_store_on_localhost(workdir):
         proc.wait(timeout=30)
 
 
+def _start_ui(workdir) -> tuple[subprocess.Popen, int, list[psutil.Process]]:
+    """`harness ui` on a free port, once the port answers; with every process it started."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port)], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, "harness ui exited before serving"
+            time.sleep(0.5)
+    else:
+        raise AssertionError("the UI never answered")
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert len(started) >= 3  # the keeper, mlflow ui, uvicorn (and MLflow's job runner …)
+    return proc, port, started
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_the_ui_leaves_nothing_behind_when_it_is_stopped(workdir, sig):
+    proc, port, started = _start_ui(workdir)
+    try:
+        os.kill(proc.pid, sig)
+        gone, alive = psutil.wait_procs(started, timeout=15)
+        assert not alive, [p.cmdline() for p in alive]
+        assert _refused(port)
+        assert proc.wait(timeout=15) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    finally:  # whatever the outcome, nothing of this test keeps running
+        for p in started:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_ui_refuses_a_port_in_use(workdir, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["ui", "--port", str(s.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: --port: ") and err.count("\n") == 1
+    assert not (workdir / "mlflow.db").exists()
+
+
 def test_a_diverging_run_exits_1_with_one_line_and_a_failed_run(workdir, capsys):
     argv = ["run", QUICK, "--arch", "rnn", *SMALL, "--set", "train.lr=1e12", "--set", "train.clip_norm=1e30",
             "--set", "model.activation='relu'", "--set", "train.optimizer='sgd'"]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "diverged" in err and "Traceback" not in err and err.count("\n") == 1
+    assert "a smaller train.clip_norm (now 1e+30)" in err and "set train.clip_norm" not in err  # it is set already
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["harness.failure"] == "diverged"
+
+
+def test_a_sweep_whose_timeout_ends_before_any_trial_says_no_report_on_stderr(workdir, capsys):
+    argv = ["sweep", QUICK, *SMALL, "--timeout", "0.001", "--jobs", "1", "--repeat", "0", "--devices", "cpu"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "study 'quickstart'" in out and "no report" not in out  # its grid points queued, none run
+    assert err.startswith("harness: no report: ") and err.count("\n") == 1

@@ -20,8 +20,9 @@ from harness.archs import create_model
 from harness.cli import _parser, _sweep_experiment
 from harness.config import Experiment, load_experiment
 from harness.errors import HarnessError
+from harness.runner import run_trial
 from harness.sweep import run, workers
-from harness.sweep.objective import objectives
+from harness.sweep.objective import objectives, result_keys
 from harness.sweep.space import arch_choices
 from harness.sweep.storage import make_storage, masked, resolve_storage
 from harness.sweep.workers import Slot, is_gone, plan_slots, worker_id
@@ -149,6 +150,9 @@ def test_objectives_storage_specs_and_passwords(exp_file, workdir):
         with pytest.raises(HarnessError, match=message):
             objectives(load(exp_file, f"sweep.objectives={bad!r}"), task)
 
+    with pytest.raises(HarnessError, match="'val_foo' is not a trial metric"):  # before any trial trains
+        objectives(load(exp_file, "sweep.objectives=['val_foo:max']"), task)
+
     assert resolve_storage(None) == f"sqlite:///{workdir / 'optuna.db'}"
     assert resolve_storage("journal:runs/s.log") == f"journal:{workdir / 'runs' / 's.log'}"
     assert resolve_storage("study.journal") == f"journal:{workdir / 'study.journal'}"
@@ -167,11 +171,16 @@ def test_devices_plan_slots_and_threads(monkeypatch):
     else:
         assert [s.device for s in slots] == ["cpu"] and "no GPU visible" in notice
 
-    slots, notice = plan_slots(["cpu"], 3)
-    assert notice is None and [s.index for s in slots] == [0, 1, 2] and {s.device for s in slots} == {"cpu"}
-    assert all(s.threads == max(1, workers.cpu_count() // 3) for s in slots)
+    cores = workers.cpu_count()
+    slots, notice = plan_slots(["cpu"], 2)
+    assert notice is None and [s.index for s in slots] == [0, 1] and {s.device for s in slots} == {"cpu"}
+    assert all(s.threads == max(1, cores // 2) for s in slots)
     assert slots[0].env == {"OMP_NUM_THREADS": str(slots[0].threads)}
     assert plan_slots(["cpu"], 1)[0][0].threads is None  # one worker keeps torch's default
+    # No more worker processes than cores: --jobs 1000 is an error, not 1000 torch processes.
+    assert len(plan_slots(["cpu"], cores)[0]) == cores
+    with pytest.raises(HarnessError, match=rf"sweep.jobs: {cores + 1} workers .* {cores} CPU cores; use --jobs {cores} or fewer"):
+        plan_slots(["cpu"], cores + 1)
 
     with pytest.raises(HarnessError, match=r"sweep.devices: 'tpu'"):
         plan_slots(["tpu"], 1)
@@ -322,6 +331,15 @@ def test_pruning_prunes_a_study_built_to_need_it(exp_file, capsys):
         assert run_.info.status == "KILLED" and run_.data.tags["harness.state"] == "pruned"
 
 
+def test_the_keys_an_objective_may_name_are_what_a_trial_holds(exp_file):
+    # One real epoch of a bidirectional GRU (so every gradient-flow key exists), gradient flow on.
+    exp = load(exp_file, "train.epochs=1", "model.arch=gru", "model.bidirectional=true", "tracking.gradflow=true")
+    result = run_trial(exp)
+    held = {k for k in {*result.final_metrics(), *result.history[0]} if not k.startswith("test_")}
+    assert held == result_keys(exp, result.metric)
+    assert "gradflow_rate" not in result_keys(exp.with_values({"tracking.gradflow": False}), result.metric)
+
+
 def test_multi_objective_tags_and_prints_the_pareto_front(exp_file, capsys, monkeypatch):
     exp = load(exp_file, "sweep.n_trials=4", "sweep.sampler='nsga2'",
                "sweep.objectives=['val_accuracy:max', 'train_samples_per_s:max']")
@@ -429,8 +447,8 @@ def test_bad_settings_stop_the_sweep_with_one_line(exp_file, workdir):
         run(load(exp_file, "sweep.space_by_arch={lstm = {'model.dropout' = [0.1]}}"), progress=False)
     with pytest.raises(HarnessError, match="not a trial metric"):
         run(load(exp_file, "sweep.objectives=['val_nothing:max']"), progress=False)
-    study = study_of(None)
-    assert study.trials[0].state == TrialState.FAIL and len(study.trials) == 1  # stopped at the first
+    # Refused before any trial trained, and before either store was written.
+    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
 
 
 # ---------------------------------------------------------------- real processes, real signals

@@ -46,6 +46,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness import provenance
+from harness.checks import check_tracking
 from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
 from harness.sweep import grid, workers
@@ -56,7 +57,7 @@ from harness.sweep.pareto import tag_pareto
 from harness.sweep.pool import quiet_optuna, run_pool, work
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
-from harness.sweep.space import check_models, edges, make_pruner, make_sampler
+from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler
 from harness.sweep.storage import machine_lock, make_storage, masked, resolve_storage
 from harness.tasks import load_task
 from harness.tracking import find_runs, get_client, set_tags, study_run
@@ -132,25 +133,30 @@ def run(
     `source`: the command and experiment file, recorded for the report's reproduction section."""
     if study_name:
         exp = exp.with_values({"name": study_name})
+    # Everything is checked before anything is written: storage spec, devices, task, objectives,
+    # every value of the search space, sampler, then both stores (read, not created).
     url = resolve_storage(storage or exp.sweep.storage)
+    slots, notice = workers.plan_slots(exp.sweep.devices, exp.sweep.jobs, exp.train.device)
     task = load_task(exp.task.name, **exp.task.options())
     objs = objectives(exp, task)
-    check_models(exp, task)
-    slots, notice = workers.plan_slots(exp.sweep.devices, exp.sweep.jobs, exp.train.device)
-    if notice:
-        print(f"harness: {notice}", file=sys.stderr)
+    check_space(exp, task)
+    sampler = make_sampler(exp, len(objs) > 1)
+    check_tracking(exp.name)
     quiet_optuna()
     with machine_lock(url):
         study = optuna.create_study(
             study_name=exp.name, storage=make_storage(url), load_if_exists=True,
-            sampler=make_sampler(exp, len(objs) > 1), pruner=make_pruner(exp), directions=[o.direction for o in objs],
+            sampler=sampler, pruner=make_pruner(exp), directions=[o.direction for o in objs],
         )
     if [d.name.lower() for d in study.directions] != [o.direction for o in objs]:
         raise HarnessError(f"study {exp.name!r} exists with other objectives; choose another --study name")
+    check_study(study, exp)
     with machine_lock(tracking_uri()):
         client = get_client()
         exp_id, parent = parent_run(client, exp, url)
         set_tags(client, parent, provenance.study_tags(exp, url, [s.device for s in slots], source))
+    if notice:  # after the checks: a bad input's error stays the one line printed
+        print(f"harness: {notice}", file=sys.stderr)
     status, pareto, finals, edge = "FAILED", [], [], []
     started = time.monotonic()
     try:

@@ -38,6 +38,21 @@ class Objective:
         return f"{self.key}:{'max' if self.maximize else 'min'}"
 
 
+def result_keys(exp: Experiment, metric: str) -> set[str]:
+    """The keys a trial's result holds, known before it trains (harness.train's epoch records,
+    `TrialResult.final_metrics` with harness.speed's and harness.gradflow's figures; the test
+    split's left out): what an objective may name. `train_gflops_per_s` and `peak_fraction`
+    need a model that states its FLOPs, `gradflow_rate_bwd*` a bidirectional one."""
+    epoch = {"train_loss", f"train_{metric}", "val_loss", f"val_{metric}", "lr", "epoch_time_s", "epoch_samples_per_s",
+             "cpu_share"}
+    final = {f"best_val_{metric}", "best_epoch", "epochs_run", "stopped_early", "budget_limited", "total_time_s",
+             "train_samples_per_s", "train_samples_per_s_min", "train_samples_per_s_max", "bench_step_ms",
+             "device_peak_gflops", "train_gflops_per_s", "peak_fraction", "peak_memory_mb",
+             "infer_latency_ms_p50", "infer_latency_ms_p95", "infer_samples_per_s"}
+    flow = {"gradflow_rate", "gradflow_rate_iqr", "gradflow_rate_bwd", "gradflow_rate_bwd_iqr"} if exp.tracking.gradflow else set()
+    return epoch | final | flow
+
+
 def objectives(exp: Experiment, task: Task) -> list[Objective]:
     """`["val_accuracy:max", …]`; default: the task's validation metric, its natural way."""
     if not exp.sweep.objectives:
@@ -51,6 +66,9 @@ def objectives(exp: Experiment, task: Task) -> list[Objective]:
             raise HarnessError(f"sweep.objectives: {key!r} is a test metric; the test split is never used to choose (use val_…)")
         if key == f"val_{task.metric}" and not way:
             way = "max" if task.maximize else "min"
+        known = result_keys(exp, task.metric)
+        if key not in known:
+            raise HarnessError(f"sweep.objectives: {key!r} is not a trial metric; try {', '.join(sorted(known))}")
         if not way:
             raise HarnessError(f"sweep.objectives: say which way {key!r} is better: {key}:max or {key}:min")
         out.append(Objective(key, way == "max"))

@@ -1,5 +1,5 @@
-"""The search space: what a trial samples (`suggest`), checked before the study starts
-(`check_models`), and the sampler and pruner that drive it.
+"""The search space: what a trial samples (`suggest`), checked before anything is written
+(`check_space`, and `check_study` against a resumed study), and the sampler and pruner that drive it.
 
 `[sweep.space]` holds dotted keys (`model.*`, `task.*`, `train.*`) as a list of choices or a
 range `{low, high, log?, step?}`; `[sweep.space_by_arch.<arch>]` adds keys sampled only when
@@ -13,17 +13,47 @@ import warnings
 
 import numpy as np
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 from optuna.trial import FrozenTrial
 
 from harness.archs import create_model
 from harness.config import Experiment, ParamSpec
 from harness.errors import HarnessError
-from harness.tasks import Task
+from harness.tasks import Task, load_task
 
 
 def arch_choices(exp: Experiment) -> list[str]:
     spec = exp.sweep.space.get("model.arch")
     return list(spec.choices) if spec and spec.choices else [exp.model.arch]
+
+
+def dimensions(exp: Experiment, arch: str) -> dict[str, ParamSpec]:
+    """What a trial that picked `arch` samples besides `model.arch`: `space`, then `arch`'s
+    `space_by_arch` keys; in a grid each of those offers the union of every architecture's
+    values (Optuna wants one distribution per name in a study, and a grid's trials carry fixed
+    values)."""
+    dims = {k: spec for k, spec in exp.sweep.space.items() if k != "model.arch"}
+    for key, spec in exp.sweep.space_by_arch.get(arch, {}).items():
+        if exp.sweep.sampler == "grid":
+            spec = ParamSpec(choices=list(dict.fromkeys(
+                v for by in exp.sweep.space_by_arch.values() if key in by for v in by[key].choices)))
+        dims[key] = spec
+    return dims
+
+
+def distribution(spec: ParamSpec) -> BaseDistribution:
+    """The Optuna distribution `_one` samples `spec` from."""
+    if spec.choices is not None:
+        return CategoricalDistribution(spec.choices)
+    if spec.is_int:
+        return IntDistribution(int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+    return FloatDistribution(spec.low, spec.high, step=spec.step, log=spec.log)
 
 
 def _one(trial: optuna.Trial, key: str, spec: ParamSpec):
@@ -36,31 +66,26 @@ def _one(trial: optuna.Trial, key: str, spec: ParamSpec):
 
 def suggest(trial: optuna.Trial, exp: Experiment) -> dict:
     """Sample the search space into dotted-key values; `space_by_arch` only for the chosen arch."""
-    space = exp.sweep.space
     values = {}
-    if "model.arch" in space:
-        values["model.arch"] = _one(trial, "model.arch", space["model.arch"])
+    if "model.arch" in exp.sweep.space:
+        values["model.arch"] = _one(trial, "model.arch", exp.sweep.space["model.arch"])
     arch = values.get("model.arch", exp.model.arch)
-    for key, spec in space.items():
-        if key != "model.arch":
-            values[key] = _one(trial, key, spec)
-    for key, spec in exp.sweep.space_by_arch.get(arch, {}).items():
-        if exp.sweep.sampler == "grid":
-            # Optuna wants one distribution per name in a study: a grid's trials carry fixed values,
-            # so every architecture's key offers the union of all their values.
-            union = dict.fromkeys(v for by in exp.sweep.space_by_arch.values() if key in by for v in by[key].choices)
-            spec = ParamSpec(choices=list(union))
+    for key, spec in dimensions(exp, arch).items():
         values[key] = _one(trial, key, spec)
     return values
 
 
-def check_models(exp: Experiment, task: Task) -> None:
-    """Build every architecture the sweep can pick once, so bad overrides fail before training."""
+def check_space(exp: Experiment, task: Task) -> None:
+    """Every value a trial can be given, checked as that trial would check it, before anything
+    is written: for each architecture the sweep picks, each choice and both ends of each range
+    of its dimensions, set alone on the experiment (its settings validated, its task loaded
+    when a `task.*` key changes, its model built). Then each dimension as an Optuna
+    distribution, Optuna's warnings (a step that does not divide a range …) made errors."""
     archs = arch_choices(exp)
     for arch in exp.sweep.space_by_arch:
         if arch not in archs:
             raise HarnessError(f"sweep.space_by_arch.{arch}: this sweep never picks {arch!r} (it picks {', '.join(archs)})")
-    if exp.sweep.sampler != "grid":  # a grid queues fixed values (see `suggest`); samplers draw from one list per name
+    if exp.sweep.sampler != "grid":  # a grid queues fixed values (see `dimensions`); samplers draw from one list per name
         lists: dict[str, tuple[str, list]] = {}
         for arch, by in exp.sweep.space_by_arch.items():
             for key, spec in by.items():
@@ -70,9 +95,55 @@ def check_models(exp: Experiment, task: Task) -> None:
                 if choices != spec.choices:
                     raise HarnessError(f"sweep.space_by_arch: {key!r} lists other values for {arch} than for {first}; outside a "
                                        "grid Optuna needs one list per name: use sampler = 'grid', one list, or a range {low, high}")
+    tasks = {_task_key(exp): task}
     for arch in archs:
-        create_model(arch, input_size=task.input_size, output_size=task.output_size, io=task.io,
-                     seq_len=task.seq_len, **exp.model.overrides())
+        _check_values(exp, {"model.arch": arch}, f"sweep.space: model.arch = {arch!r}" if len(archs) > 1 else None, tasks)
+        for key, spec in dimensions(exp, arch).items():
+            where = "sweep.space" if key in exp.sweep.space else f"sweep.space_by_arch.{arch}"
+            for value in spec.choices if spec.choices is not None else [spec.low, spec.high]:
+                _check_values(exp, {"model.arch": arch, key: value}, f"{where}: {key} = {value!r}", tasks)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                try:
+                    distribution(spec)
+                except (ValueError, TypeError, Warning) as e:
+                    raise HarnessError(f"{where}: {key}: {' '.join(str(e).split())}") from None
+
+
+def _task_key(exp: Experiment) -> str:
+    return repr(sorted({"name": exp.task.name, **exp.task.options()}.items(), key=str))
+
+
+def _check_values(exp: Experiment, values: dict, where: str | None, tasks: dict) -> None:
+    """Build the task and model of `exp` with `values` set; errors begin with `where`."""
+    trial = exp.with_values(values, source=where or "experiment")
+    try:
+        key = _task_key(trial)
+        if key not in tasks:
+            tasks[key] = load_task(trial.task.name, **trial.task.options())
+        t = tasks[key]
+        create_model(trial.model.arch, input_size=t.input_size, output_size=t.output_size, io=t.io, seq_len=t.seq_len,
+                     **trial.model.overrides())
+    except HarnessError as e:
+        raise HarnessError(f"{where}: {e}" if where else str(e)) from None
+    except Exception as e:  # the factory's own refusal (a float size …): this value cannot be built
+        raise HarnessError(f"{where or 'model.arch'}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+
+
+def check_study(study: optuna.Study, exp: Experiment) -> None:
+    """A resumed study keeps the distribution its trials drew each name from: a space that
+    draws a name another way (a list become a range …) fails here, not in every trial."""
+    new = {k: distribution(s) for arch in arch_choices(exp) for k, s in dimensions(exp, arch).items()}
+    if "model.arch" in exp.sweep.space:
+        new["model.arch"] = distribution(exp.sweep.space["model.arch"])
+    for trial in study.get_trials(deepcopy=False):
+        for key, old in trial.distributions.items():
+            try:
+                if key in new:
+                    check_distribution_compatibility(old, new[key])
+            except ValueError as e:
+                raise HarnessError(f"sweep.space: {key}: study {study.study_name!r} drew it as {old}, not {new[key]} "
+                                   f"({e}); keep its space or choose another --study name") from None
 
 
 def make_sampler(exp: Experiment, multi: bool, seed: int | None = None) -> optuna.samplers.BaseSampler:

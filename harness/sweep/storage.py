@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 from filelock import FileLock
 
+from harness.checks import check_file, check_sqlite
 from harness.config import default_storage, masked
 from harness.errors import HarnessError
 from harness.sweep.recovery import lost_trial
@@ -29,16 +30,21 @@ GRACE_S = 60  # a RUNNING trial without a heartbeat for this long is failed and 
 
 def resolve_storage(spec: str | None) -> str:
     """A storage spec as a URL: unset → SQLite `optuna.db` here; `journal:PATH` or a path
-    ending .log / .journal → `journal:<absolute path>`; anything else must be a database URL."""
+    ending .log / .journal → `journal:<absolute path>`; anything else must be a database URL.
+    A file store's path is checked (its folder can be made, an existing SQLite file is intact)."""
     if not spec:
-        return default_storage()
-    if spec.startswith("journal:") or spec.endswith((".log", ".journal")) and "://" not in spec:
+        url = default_storage()
+    elif spec.startswith("journal:") or spec.endswith((".log", ".journal")) and "://" not in spec:
         path = Path(spec.removeprefix("journal:")).expanduser()
+        check_file(path, "sweep.storage")
         return f"journal:{path.resolve()}"
-    if "://" not in spec:
+    elif "://" not in spec:
         raise HarnessError(f"sweep.storage: {spec!r} is neither a database URL (sqlite:///optuna.db, "
                            "postgresql://user:pass@host/db) nor a journal file (journal:PATH or *.log)")
-    return spec
+    else:
+        url = spec
+    check_sqlite(url, "sweep.storage")
+    return url
 
 
 def with_driver(url: str) -> str:
@@ -59,7 +65,19 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        try:  # read (replayed) here, never rewritten: a journal that is not one fails now
+            journal = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            journal.get_all_studies()  # replays every whole line: one that is not a record raises
+            # Optuna skips a last line without its newline (a write in progress) and appends after
+            # it, which breaks the journal for good: one still unfinished a second later is damage.
+            for wait in (1.0, 0.0):
+                if not path.stat().st_size or _last_byte(path) == b"\n":
+                    return journal
+                time.sleep(wait)
+            raise ValueError("its last line is incomplete")
+        except Exception as e:
+            raise HarnessError(f"sweep.storage: {path} is not an Optuna journal ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:200]}); restore it or move it aside") from None
     # SQLite: wait for a busy database rather than fail (several local workers share the file).
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     kwargs = {"engine_kwargs": engine, "heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
@@ -80,6 +98,12 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HarnessError(f"sweep.storage: cannot open {masked(url)}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1)
 
 
 @contextmanager

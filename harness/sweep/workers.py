@@ -103,6 +103,10 @@ def plan_slots(devices: list[str], jobs: int, train_device: str = "auto") -> tup
             raise HarnessError(f"{field}: {d!r} is not a device; use cpu, mps, cuda or cuda:N (comma-separated)")
     names = list(dict.fromkeys(names))
     n = len(names) * jobs
+    if n > cpu_count():  # each worker is a process with torch in it, and wants a core to drive its device
+        fit = max(1, cpu_count() // len(names))
+        raise HarnessError(f"sweep.jobs: {jobs} worker{'s' * (jobs > 1)} per device × {len(names)} device{'s' * (len(names) > 1)} "
+                           f"is {n} processes for {cpu_count()} CPU cores; use --jobs {fit} or fewer")
     threads = max(1, cpu_count() // n) if n > 1 else None
     slots = [Slot(i * len(names) + j, d, threads) for i in range(jobs) for j, d in enumerate(names)]
     return slots, notice

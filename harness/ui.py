@@ -1,0 +1,93 @@
+"""`harness ui`: the MLflow UI as processes that cannot outlive the command, however it ends.
+
+`mlflow ui` is a dozen processes (the CLI, uvicorn and its workers, MLflow's job runner and its
+huey consumers), and no process can clean up after a SIGKILL of its own. So the command stays a
+small supervisor and the server lives one step away:
+
+    harness ui ──pipe──▶ keeper (its own session and process group) ──▶ mlflow ui and children
+
+The keeper starts `mlflow ui` in its process group (every process of the server inherits it;
+none of MLflow's leaves it) and then reads its stdin: the read end of a pipe whose only write end the command holds. The
+kernel closes that end when the command exits by any means, Ctrl-C, SIGTERM or SIGKILL alike, so
+the keeper reads end-of-file and stops its whole group (SIGTERM, then SIGKILL after `GRACE_S`).
+When the server exits on its own the keeper stops what is left and exits with its code. In its
+own session the group is out of the terminal's reach: a Ctrl-C reaches the command alone,
+which closes the pipe, so the server is stopped once and in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import psutil
+
+from harness.errors import HarnessError
+
+GRACE_S = 5.0  # seconds the server's processes get to exit on SIGTERM before SIGKILL
+
+
+def check_port(port: int) -> None:
+    """Raise unless 127.0.0.1:`port` is free to listen on."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed port's TIME_WAIT is free
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise HarnessError(f"--port: 127.0.0.1:{port} cannot be used ({e.strerror}); choose another --port") from None
+
+
+def serve(cmd: list[str]) -> int:
+    """Run `cmd` (the server) under a keeper until it ends or this process does; its exit code."""
+    keeper = subprocess.Popen([sys.executable, "-m", "harness.ui", *cmd], stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        return keeper.wait()
+    finally:  # Ctrl-C, or an error: the keeper stops the server (a kill closes the pipe all the same)
+        keeper.stdin.close()
+        keeper.wait()
+
+
+def _stop_group() -> None:
+    """Stop every other process of this process group: SIGTERM, then SIGKILL after `GRACE_S`."""
+    me, group = os.getpid(), os.getpgid(0)
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != me and os.getpgid(p.pid) == group:
+                members.append(p)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    for p in members:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(members, timeout=GRACE_S)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=GRACE_S)
+
+
+def keep(cmd: list[str]) -> int:
+    """The keeper's life: start `cmd` in this group, stop the group at end-of-file on stdin or when
+    `cmd` exits, whichever comes first; `cmd`'s exit code (0 when stopped from outside)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the pipe says when to stop
+    server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.buffer.read(), done.set()), daemon=True).start()
+    threading.Thread(target=lambda: (server.wait(), done.set()), daemon=True).start()
+    done.wait()
+    code = server.poll()  # None: stopped from outside
+    _stop_group()
+    return code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(keep(sys.argv[1:]))
