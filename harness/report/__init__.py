@@ -156,23 +156,29 @@ def write_report(study: str, out_dir: str | Path = "reports") -> Path:
     return _write(studies.load(study, client), Path(out_dir), client)
 
 
+def _load_all(client) -> tuple[list[studies.Study], list[str]]:
+    """Every study in the store read once, and those that cannot be reported, each with why."""
+    from harness.report import leaderboard
+
+    loaded, skipped = [], []
+    for name in leaderboard.study_names(client):
+        try:
+            loaded.append(studies.load(name, client))
+        except HarnessError as e:
+            skipped.append(f"`{name}` ({e})")
+    return loaded, skipped
+
+
 def write_all(out_dir: str | Path = "reports") -> list[Path]:
     """Every study's report, then the leaderboard across them (`README.md`), each study read once;
     a study that cannot be reported is named on stderr and in the leaderboard, the rest go on."""
     from harness.report import leaderboard
 
     client, out = open_store(), Path(out_dir)
-    loaded, skipped, paths = [], [], []
-    for name in leaderboard.study_names(client):
-        try:
-            s = studies.load(name, client)
-        except HarnessError as e:
-            print(f"harness: {name}: no report: {e}", file=sys.stderr)
-            skipped.append(f"`{name}` ({e})")
-            continue
-        loaded.append(s)
-        paths.append(_write(s, out, client))
-    return [*paths, leaderboard.write(out, loaded, skipped)]
+    loaded, skipped = _load_all(client)
+    for why in skipped:
+        print(f"harness: no report of {why}", file=sys.stderr)
+    return [*(_write(s, out, client) for s in loaded), leaderboard.write(out, loaded, skipped)]
 
 
 def _write(s: studies.Study, out: Path, client) -> Path:
@@ -256,11 +262,4 @@ def write_leaderboard(out_dir: str | Path = "reports") -> Path:
     """Write `<out_dir>/README.md`, the leaderboard across every study in the store (no study reports)."""
     from harness.report import leaderboard
 
-    client = open_store()
-    loaded, skipped = [], []
-    for name in leaderboard.study_names(client):
-        try:
-            loaded.append(studies.load(name, client))
-        except HarnessError as e:
-            skipped.append(f"`{name}` ({e})")
-    return leaderboard.write(Path(out_dir), loaded, skipped)
+    return leaderboard.write(Path(out_dir), *_load_all(open_store()))
