@@ -94,9 +94,10 @@ def gradflow(study: Study, client: MlflowClient, path: Path) -> str | None:
     so families compare on one axis, the median over the final runs; log scale: a straight line
     falling to the left is a gradient vanishing at a constant rate."""
     runs = study.finals if not study.finals.empty else best_trials(study.runs).reset_index()
+    styles = _styles(study)
     profiles = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in _styles(study):
+        for arch in styles:
             rows = []
             for i, run_id in enumerate(runs.loc[runs["params.model.arch"] == arch, "run_id"]):
                 try:
@@ -111,7 +112,7 @@ def gradflow(study: Study, client: MlflowClient, path: Path) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for arch, rows in profiles.items():
-        c, ls = _styles(study)[arch]
+        c, ls = styles[arch]
         for direction in ("forward", "backward"):
             stack = [r[(r["direction"] == direction) & (r["quantity"] == "state")].filter(regex=r"^t\d+$").iloc[0].to_numpy(float)
                      for r in rows if ((r["direction"] == direction) & (r["quantity"] == "state")).any()]
