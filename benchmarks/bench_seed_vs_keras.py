@@ -27,7 +27,9 @@ last step: harness's own per-epoch timing (`epoch_samples_per_s`, exact with gra
 in Keras from `on_epoch_begin` to `on_test_begin` (validation starts right after the last step).
 "epoch" throughput adds each epoch's validation (both at batch 1024); "trial s" is the whole worker
 run: model build, training, test, and in harness its post-run speed benchmarks. "cpu" is the process's
-CPU time over training ÷ (wall × threads): well under 1 means the run waited for the cores.
+CPU time over training ÷ (wall × threads): well under 1 means the run waited for the cores. Test
+accuracy is harness's as a trial reports it (the weights of the best validation epoch) and Keras's after
+the last epoch (the notebook's way); with the notebook's 3 epochs the two rarely differ by much.
 
 The table gives each configuration's medians over rounds and per-round ratios (median over rounds):
 harness ÷ Keras at each policy, and harness's faster configuration ÷ Keras's faster one. Nothing is
