@@ -102,13 +102,14 @@ def _run(args) -> int:
     from harness.checks import check_tracking
     from harness.config import load_experiment
     from harness.errors import Diverged
+    from harness.precision import check_precision
     from harness.runner import build, resolve_device, run_trial
     from harness.tracking import MlflowRun, experiment_id, get_client, run_name, tracking_uri
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
     exp = load_experiment(args.experiment, sets)
     # A bad device, task option, model override or store fails here, before anything is written.
-    resolve_device(exp.train.device)
+    check_precision(exp.train.precision, resolve_device(exp.train.device))
     built = build(exp)
     check_tracking(exp.name)
     client = get_client()

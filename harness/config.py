@@ -87,6 +87,8 @@ class TrainSettings(_Section):
     patience: int | None = Field(default=None, gt=0)
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
     device: str = "auto"
+    # fp32, or bf16 / fp16 autocast (harness.precision: where each runs natively, what stays fp32)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     eval_batch_size: int = Field(default=1024, gt=0)
 
 

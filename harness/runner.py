@@ -13,6 +13,7 @@ from harness.callbacks import Callback, TrialResult
 from harness.config import Experiment
 from harness.errors import HarnessError
 from harness.gradients import GradStats, default_every
+from harness.precision import check_precision
 from harness.tasks import Task, load_task
 from harness.train import fit
 
@@ -56,6 +57,7 @@ def run_trial(
     loading twice); `device` overrides `train.device`. Callbacks hear of the run as it goes,
     and of its failure before the exception propagates."""
     dev = resolve_device(device or exp.train.device)
+    check_precision(exp.train.precision, dev)
     task, model = built or build(exp)
     every = exp.tracking.grad_stats_every
     every = default_every(dev) if every is None else every

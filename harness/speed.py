@@ -1,5 +1,6 @@
 """Speed and memory: training throughput over epochs, a training-step benchmark, inference
-latency, peak memory, and the device's measured fp32 matmul peak.
+latency, peak memory, and the device's measured matmul peak in the run's precision (fp32, or
+bf16 / fp16 when the run trains under autocast: `peak_fraction` compares like with like).
 
 Every timing waits for the device before reading the clock (torch.utils.benchmark, or `sync`),
 so GPU work is counted where it runs, not where it was queued. A run's training throughput is a
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from harness.precision import autocast
 
 # An epoch whose process CPU time is below this share of wall time × torch threads shared the
 # cores with other work: two busy neighbours on two cores slow a run 10-30×, not 2×.
@@ -63,14 +66,20 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def inference_latency(
-    model: nn.Module, x: torch.Tensor, device: torch.device, *, warmup: int = 3, repeats: int = 20
+    model: nn.Module, x: torch.Tensor, device: torch.device, *, warmup: int = 3, repeats: int = 20,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Latency of one forward pass over the batch `x` in eval mode, after warm-up: the median
     and 95th percentile of `repeats` single timed calls (torch.utils.benchmark waits for the
     device and keeps this process's thread count)."""
     model.eval()
     x = x.to(device)
-    timer = _timer("model(x)", {"model": model, "x": x})
+
+    def forward() -> None:
+        with autocast(device, precision):
+            model(x)
+
+    timer = _timer("forward()", {"forward": forward})
     timer.timeit(warmup)
     # One call per measurement: a percentile needs every call's time, not block averages.
     times = sorted(timer.timeit(1).mean for _ in range(repeats))
@@ -89,7 +98,7 @@ def _timer(stmt: str, globals: dict):
 
 
 def step_ms(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-            *, warmup: int = 3, repeats: int = 9) -> float:
+            *, warmup: int = 3, repeats: int = 9, precision: str = "fp32") -> float:
     """Median time (ms) of one training step's forward and backward over the batch (`x`, `y`) in
     train mode, after `warmup` steps, over `repeats` single timed steps with the process's torch
     threads. The weights are left alone (no optimiser step); their gradients are cleared after."""
@@ -99,7 +108,9 @@ def step_ms(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tenso
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with autocast(device, precision):
+            out = model(x)
+        loss_fn(out.float(), y).backward()
 
     timer = _timer("step()", {"step": step})
     try:
@@ -124,16 +135,16 @@ def epoch_speed(history: list[dict[str, float]]) -> tuple[dict[str, float], bool
     return figures, not calm
 
 
-def device_peak_gflops(device: torch.device, seconds: float = 0.3) -> float:
-    """Best fp32 matmul rate (GFLOP/s) of `device`, measured now (nothing is cached).
+def device_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+    """Best matmul rate (GFLOP/s) of `device` in `dtype`, measured now (nothing is cached).
 
     Uses the process's current precision settings (e.g. TF32 if the user allowed it) and, on
     CPU, its current thread count, so the peak matches what training can use.
     """
     threads = torch.get_num_threads()
     n = 4096 if device.type != "cpu" else (1024 if threads <= 4 else 2048)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     c = torch.mm(a, b)
     sync(device)
     best, reps, end = 0.0, 4, time.perf_counter() + seconds

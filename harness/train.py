@@ -3,7 +3,7 @@
 `fit` trains a model on a task's tensors, evaluates validation every epoch, stops early after
 `train.patience` epochs without improvement (`train.epochs` is the cap), restores the epoch the
 validation metric chose, measures its gradient flow through time on a fixed validation batch
-(harness.gradflow), then the test split once, the model's inference latency and the run's
+(harness.gradflow, in fp32), then the test split once, the model's inference latency and the run's
 memory; then, after the run, its training throughput over epochs, a benchmark of one training
 step and the device's matmul peak, in one window (`harness.speed`), and names the kernel each
 recurrent layer runs on (`harness.kernels`). Each epoch times its training steps and the
@@ -12,7 +12,9 @@ out of the epoch's throughput. It imports neither Optuna nor MLflow: whoever wat
 run passes `Callback`s (harness.callbacks), which may raise `Pruned` to stop it, and optionally
 a `GradStats` (harness.gradients) that records gradient statistics on its steps; every step,
 recorded or not, runs the same plain forward. A non-finite loss or gradient raises `Diverged`
-(see `FiniteCheck`).
+(see `FiniteCheck`; under fp16 a step whose scaled gradients overflowed is skipped by the scaler
+instead). `train.precision` runs every forward, training and evaluation, under its autocast
+(harness.precision); losses and metrics are computed in fp32 from the model's outputs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from harness.config import TrainSettings
 from harness.errors import Diverged
 from harness.gradients import FiniteCheck, GradStats, clip_, grad_norm
 from harness.kernels import kernel_path
+from harness.precision import DTYPES, autocast, grad_scaler
 from harness.tasks import Task
 
 __all__ = ["Diverged", "TrialResult", "evaluate", "fit", "flush_denormals", "make_optimizer"]
@@ -55,14 +58,15 @@ def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def evaluate(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int,
+             precision: str = "fp32") -> tuple[float, float]:
     """Mean loss and metric of a split, in eval mode."""
-    loss, metric, _ = _evaluate(model, task, which, device, batch_size, each=False)
+    loss, metric, _ = _evaluate(model, task, which, device, batch_size, precision, each=False)
     return loss, metric
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int,
+def _evaluate(model: nn.Module, task: Task, which: str, device: torch.device, batch_size: int, precision: str,
               each: bool) -> tuple[float, float, list[float]]:
     """Mean loss and metric of a split in one pass and, with `each`, the metric of every example on
     its own: what a bootstrap over test examples resamples (every built-in task weighs its examples
@@ -73,8 +77,9 @@ def _evaluate(model: nn.Module, task: Task, which: str, device: torch.device, ba
     values = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        out = model(xb)
-        n = len(xb)
+        with autocast(device, precision):
+            out = model(xb)
+        out, n = out.float(), len(xb)
         loss += task.loss_fn(out, yb).item() * n
         metric += task.metric_fn(out, yb).item() * n
         if each:
@@ -102,7 +107,8 @@ def fit(
     speed.reset_peak_memory(device)
     result = TrialResult(
         metric=task.metric, maximize=task.maximize,
-        n_params=count_params(model), flops_per_sample=model_flops(model, task.seq_len), kernel=kernel_path(model),
+        n_params=count_params(model), flops_per_sample=model_flops(model, task.seq_len),
+        kernel=kernel_path(model, cfg.precision),
     )
     begin = FitStart(model, task, device, grad_stats, result.n_params, result.flops_per_sample, result.kernel)
     try:
@@ -114,8 +120,9 @@ def fit(
         # After the run, outside its total time, in one window: the step benchmark, then the
         # device's matmul peak that peak_fraction divides by.
         batch = slice(0, cfg.batch_size)
-        figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device)
-        peak = speed.device_peak_gflops(device)
+        figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device,
+                                                 precision=cfg.precision)
+        peak = speed.device_peak_gflops(device, DTYPES[cfg.precision])
         result.speed |= figures | speed.training_speed(result.flops_per_sample, figures["train_samples_per_s"], peak)
     except BaseException as e:
         try:  # what was recorded up to the failure still reaches the callbacks
@@ -144,6 +151,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
     check = FiniteCheck(device)
+    scaler = grad_scaler(device, cfg.precision)
     gen = torch.Generator().manual_seed(cfg.seed)
     best_state = None
     n, m, step = len(x_train), task.metric, 0
@@ -163,21 +171,26 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
                 speed.sync(device)
                 ts = time.perf_counter()
             xb, yb = x_train[idx], y_train[idx]
-            out = model(xb)
+            with autocast(device, cfg.precision):
+                out = model(xb)
+            out = out.float()
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # no-op unless fp16: the norm, clip and statistics see true gradients
             norm = grad_norm(params)
             if grad_stats is not None:
                 grad_stats.observe(norm)
-            failure = check.update(epoch, step, loss, norm)
+            # fp16: an overflowed gradient is the scaler's to skip, only a non-finite loss diverged
+            failure = check.update(epoch, step, loss, norm.new_zeros(()) if scaler.is_enabled() else norm)
             if grad_stats is not None and (grad_stats.due(step) or (failure is not None and failure.step == step)):
                 grad_stats.record(step, norm)
             if failure is not None:
                 raise failure
             if cfg.clip_norm is not None:
                 clip_(params, cfg.clip_norm, norm)
-            opt.step()
+            scaler.step(opt)  # opt.step() unless fp16
+            scaler.update()
             # Accumulate on device: no host sync per step.
             total_loss = total_loss + loss.detach() * len(idx)
             total_metric = total_metric + task.metric_fn(out.detach(), yb) * len(idx)
@@ -195,7 +208,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
         if stats_samples == n:  # every step recorded statistics: there is nothing else to time
             stats_time = stats_samples = 0
         result.steps, result.samples_trained, result.train_time_s = step, result.samples_trained + n, result.train_time_s + train_time
-        val_loss, val_metric = evaluate(model, task, "val", device, cfg.eval_batch_size)
+        val_loss, val_metric = evaluate(model, task, "val", device, cfg.eval_batch_size, cfg.precision)
         record = {
             "train_loss": train_loss, f"train_{m}": total_metric.item() / n,
             "val_loss": val_loss, f"val_{m}": val_metric,
@@ -221,6 +234,6 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     if gradflow:  # on the chosen weights, before the test split is looked at
         result.gradflow = flow.measure(model, *flow.fixed_batch(task), task.loss_fn, device)
     result.test_loss, result.test_metric, result.test_per_example = _evaluate(
-        model, task, "test", device, cfg.eval_batch_size, each=True)
-    result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device)
+        model, task, "test", device, cfg.eval_batch_size, cfg.precision, each=True)
+    result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device, precision=cfg.precision)
     result.speed["peak_memory_mb"] = speed.peak_memory_mb(device)

@@ -1,5 +1,5 @@
-"""The architecture registry: every name × every io, the custom Elman recurrence against
-`nn.RNN`, the states handed out for gradient flow, parameter and FLOP counts, plug-ins, bad input."""
+"""The architecture registry: every name × every io, harness's Elman and GRU recurrences against
+`nn.RNN` and `nn.GRU` (outputs, gradients, gradcheck, the `kernel` option), the states handed out for gradient flow, parameter and FLOP counts, plug-ins, bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ from torch import nn
 
 import harness.archs as archs
 from harness.archs import IO_KINDS, count_params, create_model, get_model_fn, list_models, model_flops
-from harness.archs.recurrent import GATES, ElmanRNN, RecurrentNet, as_sequence, cell_kind, elman_scan, unroll
+from harness.archs.recurrent import (
+    GATES,
+    GRU,
+    ElmanRNN,
+    RecurrentNet,
+    as_sequence,
+    cell_kind,
+    elman_scan,
+    gru_scan,
+    unroll,
+)
 from harness.cli import main
 from harness.config import load_experiment
 from harness.errors import HarnessError
@@ -201,6 +211,79 @@ def test_elman_scan_backward_is_the_true_gradient(activation, reverse):
     assert torch.autograd.gradcheck(lambda p, h, w: elman_scan(p, h, w, activation, reverse), (pre, h0, w))
 
 
+# --- harness's GRU and the kernel option -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [
+    {"batch_first": True},
+    {"num_layers": 2, "bidirectional": True, "batch_first": False, "dropout": 0.0},
+    {"bidirectional": True, "batch_first": True, "bias": False},
+], ids=["one-layer", "stacked-bidirectional", "no-bias"])
+def test_harness_gru_with_copied_weights_matches_nn_gru(kw):
+    """Outputs, final states and every gradient (input, initial state, weights) of `gru_scan`
+    against torch's own GRU, in float64 so that only a wrong formula can differ."""
+    torch.manual_seed(0)
+    ref = nn.GRU(D_IN, H, **kw).double()
+    own = GRU(D_IN, H, **kw).double()
+    own.load_state_dict(ref.state_dict())
+    dirs = 2 if ref.bidirectional else 1
+    x = torch.randn((B, T, D_IN) if ref.batch_first else (T, B, D_IN), dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(ref.num_layers * dirs, B, H, dtype=torch.double, requires_grad=True)
+    results = []
+    for rnn in (ref, own):
+        out, h_n = rnn(x, h0)
+        loss = out.sin().sum() + h_n.cos().sum()
+        results.append([out, h_n, *torch.autograd.grad(loss, [x, h0, *rnn.parameters()])])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(ref(x[0]), own(x[0]), strict=True):  # unbatched input, as nn.GRU takes it
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gru_scan_backward_is_the_true_gradient(reverse):
+    g = torch.Generator().manual_seed(0)
+    shapes = ((6, 3, 3 * 4), (3, 4), (3 * 4, 4), (3 * 4,))
+    pre, h0, w, b = (torch.randn(*s, generator=g, dtype=torch.double, requires_grad=True) for s in shapes)
+    assert torch.autograd.gradcheck(lambda p, h, w, b: gru_scan(p, h, w, b, reverse), (pre, h0, w, b))
+
+
+@pytest.mark.parametrize("arch", ["rnn", "rnn-relu", "gru", "bigru", "brnn"])
+def test_the_kernel_option_changes_the_kernel_not_the_model(arch):
+    """`kernel` = torch, harness or auto: the same parameters, the same outputs and gradients."""
+    results = []
+    for kernel in ("torch", "harness", "auto"):
+        model = build(arch, "many-to-one", kernel=kernel).double()
+        x = batch("many-to-one").double()
+        out = model(x)
+        results.append([out, *torch.autograd.grad(out.sin().sum(), list(model.parameters()))])
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_harness_gru_under_bf16_autocast_stays_near_fp32():
+    """Under CPU autocast the scan runs in bf16 (the in-place matmuls take one dtype): its outputs
+    stay within bf16's rounding of the fp32 ones, and the weights' gradients come back fp32."""
+    torch.manual_seed(0)
+    rnn = GRU(D_IN, H, batch_first=True)
+    x = torch.randn(B, T, D_IN)
+    ref = rnn(x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rnn(x)[0]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    grads = torch.autograd.grad(out.float().sum(), list(rnn.parameters()))
+    assert all(g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+
+
+def test_a_kernel_torch_lacks_is_a_one_line_error():
+    with pytest.raises(HarnessError, match=r"^model\.kernel: torch has no sigmoid RNN kernel; use kernel = 'harness' or 'auto'$"):
+        build("rnn-sigmoid", "many-to-one", kernel="torch")
+    with pytest.raises(HarnessError, match=r"^model\.kernel: must be one of auto, torch, harness, got 'cudnn'$"):
+        build("gru", "many-to-one", kernel="cudnn")
+
+
 def test_custom_elman_takes_unbatched_input_like_nn_rnn():
     torch.manual_seed(0)
     ref, own = nn.RNN(D_IN, H), ElmanRNN(D_IN, H)
@@ -340,7 +423,7 @@ def test_bad_overrides_fail_with_one_line_naming_the_field(name, overrides, fiel
 
 def test_an_option_the_architecture_lacks_is_named_with_what_it_takes():
     with pytest.raises(HarnessError, match=r"^model\.forget_bias: architecture 'gru' takes no option 'forget_bias'; "
-                                           r"it takes hidden_size, num_layers, dropout, bidirectional, init$"):
+                                           r"it takes hidden_size, num_layers, dropout, bidirectional, init, kernel$"):
         build("gru", "many-to-one", forget_bias=1.0)
 
 

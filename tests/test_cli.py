@@ -82,7 +82,7 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
         [speed] = client.get_metric_history(t.info.run_id, "train_samples_per_s")
         assert speed.step == 0 and t.data.tags["harness.contended"] in ("true", "false")
         assert speed.value == pytest.approx(client.get_metric_history(t.info.run_id, "epoch_samples_per_s")[1].value)
-        assert t.data.params["kernel"] in ("onednn", "aten", "custom", "none")
+        assert t.data.params["kernel"] in ("onednn", "aten", "harness", "none")
 
     archs = {t.data.params["model.arch"] for t in trials}
     report = (workdir / "reports" / "smoke.md").read_text()

@@ -19,6 +19,7 @@ from harness.errors import HarnessError, Pruned
 from harness.gradflow import fixed_batch, measure
 from harness.gradients import GradStats
 from harness.kernels import kernel_path
+from harness.precision import check_precision, native_bf16_cpu
 from harness.runner import build
 from harness.sweep.space import suggest
 from harness.tasks import load_task
@@ -135,10 +136,16 @@ NO_ONEDNN = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
 
 @pytest.mark.parametrize(("arch", "kernel"), [
     pytest.param("lstm", "onednn", marks=NO_ONEDNN), pytest.param("seed-lstm", "onednn", marks=NO_ONEDNN),
-    ("gru", "aten"), ("rnn", "aten"), ("rnn-sigmoid", "custom"), ("mlp", "none")])
+    ("gru", "harness"), ("rnn", "harness"), ("rnn-sigmoid", "harness"), ("mlp", "none")])
 def test_the_kernel_is_read_from_the_ops_torch_runs(arch, kernel):
     model = create_model(arch, input_size=1, output_size=10, io="many-to-one", seq_len=40, hidden_size=16)
     assert kernel_path(model) == kernel
+    if arch in ("gru", "rnn"):  # kernel = "torch": torch's own per-step path on the CPU
+        torch_kernel = create_model(arch, input_size=1, output_size=10, io="many-to-one", seq_len=40, hidden_size=16,
+                                    kernel="torch")
+        assert kernel_path(torch_kernel) == kernel_path(torch_kernel, "bf16") == "aten"
+    if arch in ("lstm", "seed-lstm"):  # under bf16 autocast the same fused kernel runs
+        assert kernel_path(model, "bf16") == "onednn"
     if arch == "lstm":  # torch's oneDNN RNN takes float32 and float16/bfloat16, not float64
         assert kernel_path(model.double()) == "aten"
         torch.backends.mkldnn.enabled = False  # (its `flags` context also sets TF32 and warns about it)
@@ -152,7 +159,7 @@ def test_the_kernel_is_read_from_the_ops_torch_runs(arch, kernel):
 def test_layers_on_different_kernels_are_joined_and_a_run_reports_its_own():
     assert kernel_path(torch.nn.ModuleList([torch.nn.LSTM(2, 4), torch.nn.GRU(4, 4), torch.nn.LSTM(4, 4)])) == "onednn+aten"
     exp, task, model = small("gru", epochs=1)
-    assert fit(model, task, exp.train, device=CPU, gradflow=False).kernel == "aten"
+    assert fit(model, task, exp.train, device=CPU, gradflow=False).kernel == "harness"
 
 
 @pytest.mark.parametrize("arch", ["lstm", "brnn"])
@@ -241,3 +248,37 @@ def test_clip_norm_is_sampled_by_a_sweep_into_the_trial_settings():
     for bad in (0, -1.0):
         with pytest.raises(HarnessError, match=r"train\.clip_norm"):
             exp.with_values({"train.clip_norm": bad})
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+NATIVE_BF16 = pytest.mark.skipif(not native_bf16_cpu(), reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+
+
+@NATIVE_BF16
+@pytest.mark.parametrize(("arch", "kernel"), [("lstm", "onednn"), ("gru", "harness")])
+def test_bf16_trains_under_autocast_and_keeps_fp32_weights_losses_and_statistics(arch, kernel):
+    exp, task, model = small(arch, epochs=3, precision="bf16")
+    stats = GradStats(model, every=1)
+    forward_dtypes = []
+    model.rnn.register_forward_hook(lambda m, i, out: forward_dtypes.append(out[0].dtype))
+    result = fit(model, task, exp.train, device=CPU, grad_stats=stats, gradflow=True)
+    assert result.kernel == kernel
+    assert set(forward_dtypes) == {torch.bfloat16}  # every forward: training, evaluation, benchmarks
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0] and all(math.isfinite(v) for h in result.history for v in h.values())
+    assert math.isfinite(result.test_loss) and 0 < result.test_metric <= 1
+    assert math.isfinite(result.gradflow.metrics()["gradflow_rate"])  # measured in fp32, off the autocast
+    # The run's own evaluation is the bf16 model's, read in fp32: evaluate() gives it again.
+    assert (result.test_loss, result.test_metric) == pytest.approx(evaluate(model, task, "test", CPU, 1024, "bf16"))
+
+
+def test_a_precision_the_device_cannot_run_natively_is_refused(monkeypatch):
+    with pytest.raises(HarnessError, match=r"^train\.precision: fp16 runs on CUDA GPUs only \(this run is on cpu\)"):
+        check_precision("fp16", CPU)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # a CPU without it
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(HarnessError, match=r"^train\.precision: bf16 asked for, but this CPU has no native bf16"):
+        check_precision("bf16", CPU)
+    check_precision("fp32", CPU)

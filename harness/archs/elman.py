@@ -9,6 +9,7 @@ gradient that has vanished), and the recurrent weight's gradient is one matmul o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -115,44 +116,74 @@ def elman_scan(pre: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, act: str
     return _ElmanScan.apply(pre, h0.to(pre.dtype), w_hh.to(pre.dtype), act, reverse)
 
 
-class ElmanRNN(nn.RNN):
-    """`nn.RNN` with `nonlinearity` tanh, relu or sigmoid, run by `elman_scan`.
+# --- harness's recurrent modules: torch's parameters and signature, a kernel of our own ---------
 
-    Same constructor keywords, parameters, inputs and outputs as `nn.RNN`. The registry uses it
-    for sigmoid only (torch has fused kernels for the other two); with tanh it reproduces
-    `nn.RNN`, which is how its backward is tested.
+KERNELS = ("auto", "torch", "harness")
+
+
+def runs_harness(kernel: str, device: torch.device) -> bool:
+    """Whether a module with `kernel` runs harness's scan on `device`: `auto` picks it on the CPU,
+    where it measured faster than torch's per-step path (benchmarks/bench_kernels.py), and torch's
+    fused kernels (cuDNN) everywhere else."""
+    return kernel == "harness" or (kernel == "auto" and device.type == "cpu")
+
+
+Direction = Callable[[torch.Tensor, torch.Tensor, list, bool], torch.Tensor]
+
+
+def scan_layers(rnn: nn.RNNBase, input: torch.Tensor, hx: torch.Tensor | None, direction: Direction):  # noqa: A002
+    """`nn.RNN`/`nn.GRU`'s forward (batch first or not, batched or not, stacked, bidirectional,
+    dropout between layers) with each layer and direction computed by
+    `direction(x, h0, [w_ih, w_hh, b_ih, b_hh], reverse)` → its states (T, B, H), time-major."""
+    batched = input.dim() == 3
+    x = (input.transpose(0, 1) if rnn.batch_first else input) if batched else input.unsqueeze(1)
+    dirs = 2 if rnn.bidirectional else 1
+    if hx is None:
+        hx = x.new_zeros(rnn.num_layers * dirs, x.shape[1], rnn.hidden_size)
+    elif not batched:
+        hx = hx.unsqueeze(1)
+    finals = []
+    for layer in range(rnn.num_layers):
+        if layer:
+            x = F.dropout(x, rnn.dropout, rnn.training)
+        outs = []
+        for d in range(dirs):
+            outs.append(direction(x, hx[layer * dirs + d], weights_of(rnn, layer, bool(d)), bool(d)))
+            finals.append(outs[-1][0] if d else outs[-1][-1])
+        x = outs[0] if dirs == 1 else torch.cat(outs, -1)
+    h_n = torch.stack(finals)
+    if not batched:
+        return x.squeeze(1), h_n.squeeze(1)
+    return (x.transpose(0, 1) if rnn.batch_first else x), h_n
+
+
+class ElmanRNN(nn.RNN):
+    """`nn.RNN` with `nonlinearity` tanh, relu or sigmoid, run by `elman_scan` (or, for tanh and
+    relu with `kernel="torch"`, by torch's own kernels; `auto`: see `runs_harness`).
+
+    Same constructor keywords, parameters, inputs and outputs as `nn.RNN`.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh", **kwargs):
+    def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh", kernel: str = "harness",
+                 **kwargs):
         if nonlinearity not in ACTIVATIONS:
             raise ValueError(f"nonlinearity must be one of {ACTIVATIONS}, got {nonlinearity!r}")
-        # nn.RNN knows no sigmoid; its mode only steers the fused kernel, which is never called.
+        if kernel not in KERNELS or (kernel == "torch" and nonlinearity == "sigmoid"):
+            raise ValueError(f"kernel must be one of {KERNELS} (torch has no sigmoid RNN), got {kernel!r}")
+        # nn.RNN knows no sigmoid; its mode only steers torch's kernel, which then never runs.
         super().__init__(input_size, hidden_size, nonlinearity="relu" if nonlinearity == "relu" else "tanh", **kwargs)
-        self.nonlinearity = nonlinearity
+        self.nonlinearity, self.kernel = nonlinearity, kernel
 
-    def flatten_parameters(self) -> None:
-        """No-op: cuDNN's single weight buffer only serves the fused kernel."""
+    def runs_harness(self, device: torch.device) -> bool:
+        return self.nonlinearity == "sigmoid" or runs_harness(self.kernel, device)
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None):  # noqa: A002 - nn.RNN's names
-        batched = input.dim() == 3
-        x = (input.transpose(0, 1) if self.batch_first else input) if batched else input.unsqueeze(1)
-        dirs = 2 if self.bidirectional else 1
-        if hx is None:
-            hx = x.new_zeros(self.num_layers * dirs, x.shape[1], self.hidden_size)
-        elif not batched:
-            hx = hx.unsqueeze(1)
-        finals = []
-        for layer in range(self.num_layers):
-            if layer:
-                x = F.dropout(x, self.dropout, self.training)
-            outs = []
-            for d in range(dirs):
-                w_ih, w_hh, b_ih, b_hh = weights_of(self, layer, bool(d))
-                pre = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-                outs.append(elman_scan(pre, hx[layer * dirs + d], w_hh, self.nonlinearity, bool(d)))
-                finals.append(outs[-1][0] if d else outs[-1][-1])
-            x = outs[0] if dirs == 1 else torch.cat(outs, -1)
-        h_n = torch.stack(finals)
-        if not batched:
-            return x.squeeze(1), h_n.squeeze(1)
-        return (x.transpose(0, 1) if self.batch_first else x), h_n
+        if not self.runs_harness(input.device):
+            return super().forward(input, hx)
+
+        def direction(x, h0, w, reverse):
+            w_ih, w_hh, b_ih, b_hh = w
+            pre = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+            return elman_scan(pre, h0, w_hh, self.nonlinearity, reverse)
+
+        return scan_layers(self, input, hx, direction)

@@ -1,14 +1,16 @@
 """Elman RNN (tanh, relu, sigmoid), LSTM and GRU: uni- or bidirectional, stacked, every io.
 
-tanh/relu/LSTM/GRU run on torch's fused `nn.RNN`/`nn.LSTM`/`nn.GRU` (cuDNN on GPU). The
-sigmoid Elman RNN has no torch kernel, so `ElmanRNN` (harness.archs.elman) keeps `nn.RNN`'s parameters, layout and
-signature and runs `elman_scan`: the input projection of every step is one matmul, the time
-loop does one matmul per step forward and one backward (a hand-written backpropagation through
-time, which on a CPU stops carrying a gradient that has vanished), and the recurrent weight's
-gradient is one matmul over all steps: forward + backward is faster than torch's own tanh
-`nn.RNN` at the same size on a CPU (benchmarks/bench_sigmoid_rnn.py). `unroll` re-runs any of them
-one step at a time with the module's own weights, which puts every state (h_t, and c_t for an
-LSTM) on the autograd path for the gradient-flow measurement (harness.gradflow).
+LSTM runs on torch's fused `nn.LSTM` (oneDNN on the CPU, cuDNN on GPU). Elman RNNs and GRUs run
+on harness's modules (`ElmanRNN`, harness.archs.elman; `GRU`, harness.archs.gru), which keep
+torch's parameters, layout and signature and choose their kernel by the `kernel` option:
+`harness` runs harness's scan (the input projection of every step in one matmul, one matmul per
+step forward and one backward with a hand-written backpropagation through time, the recurrent
+weight's gradient one matmul over all steps), `torch` torch's own kernel, `auto` (the default)
+the scan on the CPU, where torch has no fused GRU or Elman kernel and the scan measured faster
+(benchmarks/bench_kernels.py), torch's (cuDNN) elsewhere. The sigmoid Elman RNN has no torch
+kernel at all. `unroll` re-runs any of them one step at a time with the module's own weights,
+which puts every state (h_t, and c_t for an LSTM) on the autograd path for the gradient-flow
+measurement (harness.gradflow).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import IO_KINDS, check, register_model
-from harness.archs.elman import ACTIVATIONS, ElmanRNN, elman_scan, time_steps, weights_of
+from harness.archs.elman import ACTIVATIONS, KERNELS, ElmanRNN, elman_scan, time_steps, weights_of
+from harness.archs.gru import GRU, gru_scan
 
-__all__ = ["ACTIVATIONS", "ElmanRNN", "elman_scan"]  # re-exported: the family's one import
+__all__ = ["ACTIVATIONS", "GRU", "ElmanRNN", "elman_scan", "gru_scan"]  # re-exported: the family's one import
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_SIGMOID": 1, "GRU": 3, "LSTM": 4}
 PER_STEP = ("many-to-many", "one-to-many")
@@ -205,13 +208,19 @@ def _build(family, extra: dict, *, input_size, output_size, io, seq_len, hidden_
     return net
 
 
+def check_kernel(kernel, activation: str = "") -> None:
+    check(kernel in KERNELS, "kernel", f"must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    check(not (kernel == "torch" and activation == "sigmoid"), "kernel",
+          "torch has no sigmoid RNN kernel; use kernel = 'harness' or 'auto'")
+
+
 def elman(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
           num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, activation: str = "tanh",
-          init: str = "torch") -> RecurrentNet:
-    """Elman RNN h_t = act(W x_t + U h_{t-1} + b); tanh and relu fused by torch, sigmoid by `ElmanRNN`."""
+          init: str = "torch", kernel: str = "auto") -> RecurrentNet:
+    """Elman RNN h_t = act(W x_t + U h_{t-1} + b), run by `ElmanRNN` with `kernel` auto | torch | harness."""
     check(activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    family, extra = (ElmanRNN, {"nonlinearity": "sigmoid"}) if activation == "sigmoid" else (nn.RNN, {"nonlinearity": activation})
-    return _build(family, extra, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
+    check_kernel(kernel, activation)
+    return _build(ElmanRNN, {"nonlinearity": activation, "kernel": kernel}, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
                   hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional, init=init)
 
 
@@ -231,9 +240,11 @@ def lstm_net(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hi
 
 
 def gru_net(*, input_size: int, output_size: int, io: str, seq_len: int = 1, hidden_size: int = 128,
-            num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, init: str = "torch") -> RecurrentNet:
-    """GRU."""
-    return _build(nn.GRU, {}, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
+            num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False, init: str = "torch",
+            kernel: str = "auto") -> RecurrentNet:
+    """GRU, run by harness's `GRU` with `kernel` auto | torch | harness."""
+    check_kernel(kernel)
+    return _build(GRU, {"kernel": kernel}, input_size=input_size, output_size=output_size, io=io, seq_len=seq_len,
                   hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional, init=init)
 
 

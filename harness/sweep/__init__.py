@@ -43,12 +43,14 @@ import time
 from dataclasses import dataclass
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from harness import provenance
 from harness.checks import check_tracking
 from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
+from harness.precision import check_precision
 from harness.sweep import grid, workers
 from harness.sweep.counting import SURPLUS
 from harness.sweep.finals import FinalRun, best_per_arch, run_finals
@@ -57,7 +59,7 @@ from harness.sweep.pareto import tag_pareto
 from harness.sweep.pool import quiet_optuna, run_pool, work
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
-from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler
+from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler, precisions
 from harness.sweep.storage import machine_lock, make_storage, masked, resolve_storage
 from harness.tasks import load_task
 from harness.tracking import find_runs, get_client, set_tags, study_run
@@ -137,6 +139,9 @@ def run(
     # every value of the search space, sampler, then both stores (read, not created).
     url = resolve_storage(storage or exp.sweep.storage)
     slots, notice = workers.plan_slots(exp.sweep.devices, exp.sweep.jobs, exp.train.device)
+    for precision in precisions(exp):
+        for slot in slots:
+            check_precision(precision, torch.device(slot.device))
     task = load_task(exp.task.name, **exp.task.options())
     objs = objectives(exp, task)
     check_space(exp, task)

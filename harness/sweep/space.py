@@ -47,6 +47,15 @@ def dimensions(exp: Experiment, arch: str) -> dict[str, ParamSpec]:
     return dims
 
 
+def precisions(exp: Experiment) -> set[str]:
+    """Every `train.precision` a sweep may train in: the experiment's and the search space's."""
+    found = {exp.train.precision}
+    for arch in arch_choices(exp):
+        spec = dimensions(exp, arch).get("train.precision")
+        found |= set(spec.choices or ()) if spec is not None else set()
+    return found
+
+
 def distribution(spec: ParamSpec) -> BaseDistribution:
     """The Optuna distribution `_one` samples `spec` from."""
     if spec.choices is not None:
