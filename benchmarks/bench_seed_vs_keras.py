@@ -6,8 +6,7 @@ Keras's initialisation, Adam lr 1e-3, batch 32, on Fashion-MNIST rows (28 steps 
 
   harness fp32           `run_trial` of the experiment: harness's own loop, as a trial runs it, tracking off
                          (no MLflow, no gradient statistics, no gradient-flow measurement)
-  harness bf16           the same with `train.precision = "bf16"` (torch.autocast); before that setting
-                         exists, the fallback runs the whole trial inside torch.autocast("cpu", bfloat16)
+  harness bf16           the same with `train.precision = "bf16"` (torch.autocast, harness.precision)
   keras fp32             `model.fit` / `model.evaluate`, Keras's defaults (its jit_compile="auto" included)
   keras mixed_bfloat16   the same after keras.mixed_precision.set_global_policy("mixed_bfloat16"), the
                          softmax kept in float32 as Keras's mixed-precision guide says
@@ -25,9 +24,11 @@ Throughput is measured alike in both: training samples ÷ time in training steps
 holds compilation, tracing and warm-up). An epoch's training time runs from its start to the end of its
 last step: harness's own per-epoch timing (`epoch_samples_per_s`, exact with gradient statistics off);
 in Keras from `on_epoch_begin` to `on_test_begin` (validation starts right after the last step).
-"epoch" throughput adds each epoch's validation (both at batch 1024); "trial s" is the whole worker
-run: model build, training, test, and in harness its post-run speed benchmarks. "cpu" is the process's
-CPU time over training ÷ (wall × threads): well under 1 means the run waited for the cores. Test
+"epoch" throughput adds each epoch's validation (both at batch 1024); "trial s" is the whole run after
+the model is built: training, test, and in harness its post-run measurements; "after s" is the part
+of it after the last epoch (test, and harness's step benchmark, matmul peak and inference latency). "cpu" is the process's
+CPU time over training ÷ (wall × threads): well under 1 means the run waited for the cores (or, for
+Keras, that TensorFlow's pools left a thread idle: compare rounds). Test
 accuracy is harness's as a trial reports it (the weights of the best validation epoch) and Keras's after
 the last epoch (the notebook's way); with the notebook's 3 epochs the two rarely differ by much.
 
@@ -72,22 +73,6 @@ def throughputs(n: int, epochs: list[tuple[float, float, float]]) -> dict[str, f
 
 # --- the harness worker (imports torch and harness, never TensorFlow) ---------------------------------
 
-def autocast_forward(model) -> None:
-    """The fallback for a harness without `train.precision`: the model's forward in bf16 autocast,
-    its output back in float32 so that the loss and metric run as autocast would run them. Only the
-    forward: autocast around the whole trial would also catch the loop's fp32 `out=` matmuls."""
-    import torch
-
-    forward = model.forward
-
-    def bf16_forward(*a, **kw):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = forward(*a, **kw)
-        return out.float() if isinstance(out, torch.Tensor) else out
-
-    model.forward = bf16_forward
-
-
 def harness_worker(args: argparse.Namespace) -> dict:
     from harness.train import flush_denormals
 
@@ -96,22 +81,12 @@ def harness_worker(args: argparse.Namespace) -> dict:
 
     from harness.callbacks import Callback
     from harness.config import validate
-    from harness.errors import HarnessError
     from harness.runner import build, run_trial
 
     torch.set_num_threads(args.threads)
     meta = json.loads((args.data / "meta.json").read_text())
-    exp = validate(meta["experiment"]).with_values({"train.seed": args.seed})
-    how, fallback = "fp32", False
-    if args.precision != "fp32":
-        try:
-            exp = exp.with_values({"train.precision": args.precision})
-            how = f"train.precision={args.precision}"
-        except HarnessError:  # this harness predates train.precision
-            how, fallback = "FALLBACK: model.forward under torch.autocast(cpu, bfloat16), output cast to float32", True
+    exp = validate(meta["experiment"]).with_values({"train.seed": args.seed, "train.precision": args.precision})
     task, model = build(exp)
-    if fallback:
-        autocast_forward(model)
     if task.split_hashes() != meta["hashes"]:
         raise SystemExit(f"harness loaded other data than was exported: {task.split_hashes()} != {meta['hashes']}")
     ends: list[tuple[float, float]] = []  # (wall, process CPU) at each epoch's end, validation included
@@ -125,13 +100,14 @@ def harness_worker(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     result = run_trial(exp, [Stamp()], built=(task, model), device="cpu")
-    trial_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
     n = len(task.x_train)
     epochs = []
     for i, rec in enumerate(result.history):
         train = n / rec["epoch_samples_per_s"]
         epochs.append((train, ends[i + 1][0] - ends[i][0], rec["cpu_share"] * train * torch.get_num_threads()))
-    return {**throughputs(n, epochs), "test_accuracy": result.test_metric, "trial_s": trial_s, "precision": how,
+    return {**throughputs(n, epochs), "test_accuracy": result.test_metric, "trial_s": t1 - t0, "after_s": t1 - ends[-1][0],
+            "precision": f"train.precision={exp.train.precision}",
             "threads": torch.get_num_threads(), "version": f"torch {torch.__version__}"}
 
 
@@ -181,11 +157,12 @@ def keras_worker(args: argparse.Namespace) -> dict:
     model.fit(d["x_train"], d["y_train"], batch_size=32, epochs=args.epochs, shuffle=True, verbose=0,
               validation_data=(d["x_val"], d["y_val"]), validation_batch_size=EVAL_BATCH, callbacks=[Stamp()])
     _, accuracy = model.evaluate(d["x_test"], d["y_test"], batch_size=EVAL_BATCH, verbose=0)
-    trial_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
     epochs = [(m["trained"][0] - m["begin"][0], m["end"][0] - m["begin"][0], m["trained"][1] - m["begin"][1])
               for m in marks]
     policy = keras.mixed_precision.global_policy().name
-    return {**throughputs(len(d["x_train"]), epochs), "test_accuracy": float(accuracy), "trial_s": trial_s,
+    return {**throughputs(len(d["x_train"]), epochs), "test_accuracy": float(accuracy), "trial_s": t1 - t0,
+            "after_s": t1 - marks[-1]["end"][0],
             "precision": f"policy {policy}, jit_compile={model.jit_compile}", "threads": args.threads,
             "version": f"tensorflow {tf.__version__}, keras {keras.__version__}"}
 
@@ -249,30 +226,31 @@ def main(args: argparse.Namespace) -> int:
         print(f"seed-lstm on {exp['task']['name']}: {n} training examples, {args.epochs} epochs (throughput over "
               f"epochs 2..{args.epochs}), batch {exp['train']['batch_size']}, Adam lr {exp['train']['lr']}; "
               f"{args.threads} intra-op thread(s), {_cpu()}, {os.cpu_count()} cores; {args.rounds} round(s)\n")
-        print("| round | configuration | train samples/s | epoch samples/s | cpu | test accuracy | trial s | precision |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| round | configuration | train samples/s | epoch samples/s | cpu | test accuracy | trial s | after s | precision |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in range(args.rounds):
             for c in CONFIGS:
                 got = launch(args, *c, seed=args.seed + r, data=data)
                 if "error" in got:
                     failed = True
-                    print(f"| {r + 1} | {LABEL[c]} | FAILED: {got['error']} | | | | | |", flush=True)
+                    print(f"| {r + 1} | {LABEL[c]} | FAILED: {got['error']} | | | | | | |", flush=True)
                     if args.verbose:
                         print(got["stderr"], file=sys.stderr)
                     continue
                 results[c].append(got)
                 share = got["cpu_train_s"] / (got["train_s"] * got["threads"])
                 print(f"| {r + 1} | {LABEL[c]} | {got['train_sps']:.0f} | {got['epoch_sps']:.0f} | {share:.2f} | "
-                      f"{got['test_accuracy']:.4f} | {got['trial_s']:.1f} | {got['precision']} |", flush=True)
+                      f"{got['test_accuracy']:.4f} | {got['trial_s']:.1f} | {got['after_s']:.1f} | "
+                      f"{got['precision']} |", flush=True)
     versions = sorted({g["version"] for rows in results.values() for g in rows})
     print(f"\nmedians over rounds ({'; '.join(versions)}):\n")
-    print("| configuration | train samples/s | epoch samples/s | test accuracy | trial s |")
-    print("|---|---|---|---|---|")
+    print("| configuration | train samples/s | epoch samples/s | test accuracy | trial s | after s |")
+    print("|---|---|---|---|---|---|")
     for c in CONFIGS:
         rows = results[c]
         print(f"| {LABEL[c]} | {_median([g['train_sps'] for g in rows], '.0f')} | "
               f"{_median([g['epoch_sps'] for g in rows], '.0f')} | {_median([g['test_accuracy'] for g in rows], '.4f')} | "
-              f"{_median([g['trial_s'] for g in rows], '.1f')} |")
+              f"{_median([g['trial_s'] for g in rows], '.1f')} | {_median([g['after_s'] for g in rows], '.1f')} |")
     print("\n| ratio of train samples/s (per round, median over rounds) | × |")
     print("|---|---|")
     # Per round: both sides of a ratio ran minutes apart, not rounds apart.
