@@ -1,5 +1,8 @@
-"""The Elman recurrence h_t = act(x_t W_ihᵀ + b + h_{t-1} W_hhᵀ) with a hand-written backward,
-for the sigmoid RNN that torch has no kernel for (`ElmanRNN`, used by `harness.archs.recurrent`).
+"""The Elman recurrence h_t = act(x_t W_ihᵀ + b + h_{t-1} W_hhᵀ) with a hand-written backward
+(`elman_scan`), `ElmanRNN` (an `nn.RNN` that runs it: the sigmoid RNN torch has no kernel for, and
+tanh / ReLU on the CPU, where torch has no fused one), and what harness's recurrent modules share:
+the `kernel` choice (`runs_harness`) and the layer-and-direction loop of torch's forward
+(`scan_layers`).
 
 The input projection of every step is one matmul, the time loop does one matmul per step forward
 and one backward (a hand-written backpropagation through time, which on a CPU stops carrying a
