@@ -145,8 +145,8 @@ def _sweep_experiment(args):
 
 
 def _sweep(args) -> int:
-    from harness.checks import check_folder
-    from harness.config import experiment_path
+    from harness.checks import check_folder, is_server
+    from harness.config import experiment_path, masked
     from harness.provenance import command_line, file_digest
     from harness.report import write_report
     from harness.sweep import run
@@ -164,7 +164,9 @@ def _sweep(args) -> int:
         print(f"harness: no report: {e}", file=sys.stderr)
         return 1
     print(f"report: {path}")
-    print(f"browse the runs: harness ui   (or: mlflow ui --backend-store-uri {tracking_uri()})")
+    uri = tracking_uri()
+    print(f"browse the runs: {masked(uri)}" if is_server(uri)
+          else f"browse the runs: harness ui   (or: mlflow ui --backend-store-uri {uri})")
     return 0
 
 
@@ -182,10 +184,12 @@ def _report(args) -> int:
 
 
 def _ui(args) -> int:
-    from harness.checks import check_tracking
+    from harness.checks import check_tracking, is_server
     from harness.config import masked, tracking_uri
     from harness.ui import check_port, serve
 
+    if is_server(tracking_uri()):  # a server has its UI already; `mlflow ui` serves stores
+        raise HarnessError(f"MLFLOW_TRACKING_URI is an MLflow server: browse {masked(tracking_uri())} (harness ui serves a local store)")
     check_tracking()
     check_port(args.port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
@@ -208,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the level when it already was.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report reads each final run's file
+    # Against a server MLflow prints two links for every run it ends: hundreds in a sweep's output.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
     if args.command in ("run", "sweep"):
         from harness.train import flush_denormals

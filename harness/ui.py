@@ -90,4 +90,9 @@ def keep(cmd: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(keep(sys.argv[1:]))
+    code = keep(sys.argv[1:])
+    # Not sys.exit: the thread still blocked reading stdin (the server exited on its own) makes
+    # the interpreter's shutdown abort ("could not acquire lock for <stdin>"), losing the code.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -221,6 +221,17 @@ def test_the_ui_leaves_nothing_behind_when_it_is_stopped(workdir, sig):
             proc.kill()
 
 
+def test_the_keeper_exits_with_the_servers_code_when_the_server_stops_on_its_own():
+    # The command still holds the keeper's stdin, as `harness ui` does while the server runs.
+    keeper = subprocess.Popen([sys.executable, "-m", "harness.ui", sys.executable, "-c", "raise SystemExit(3)"],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert keeper.wait(timeout=60) == 3, keeper.stderr.read().decode()  # not an abort at shutdown
+    finally:
+        keeper.kill()
+        keeper.stdin.close()
+
+
 def test_the_ui_refuses_a_port_in_use(workdir, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
