@@ -66,7 +66,7 @@ def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, caps
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started: list[psutil.Process] = []
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 120
         while time.time() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -85,9 +85,15 @@ def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, caps
                            f"  study run: {base}/#/experiments/{exp_id}/runs/{parent}?workflowType=machine_learning"]
         runs_page = printed[0].split(": ", 1)[1]
 
+        folder = Path(os.environ.get("HARNESS_ARTIFACTS") or REPO / "artifacts")
+        folder.mkdir(parents=True, exist_ok=True)
+        shot = folder / "ui-runs.png"
         deadline, dom = time.time() + 120, ""
         while time.time() < deadline and not all(name in dom for name in names):  # the server may still be warming up
-            dom = browse(runs_page, workdir / "profile", "--dump-dom")
+            shot.unlink(missing_ok=True)
+            dom = browse(runs_page, workdir / "profile", "--dump-dom", f"--screenshot={shot}")
+        with capsys.disabled():  # shown however the test ends
+            print(f"\nscreenshot of `harness ui`'s runs page: {shot}")
         # The runs table (not the GenAI overview), the trials' datasets, the description.
         assert len(names) == 2 and all(name in dom for name in names), dom[-3000:]
         best, other = sorted(trials, key=lambda t: -t.data.metrics["best_val_accuracy"])
@@ -95,20 +101,12 @@ def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, caps
             assert dom.index(best.info.run_name) < dom.index(other.info.run_name)  # ranked, not folded
         assert f"mnist1d ({train_hash})" in dom and "Does a GRU read MNIST-1D?" in dom
         assert "Model training" in dom and "No data available" not in dom
-
-        folder = Path(os.environ.get("HARNESS_ARTIFACTS") or REPO / "artifacts")
-        folder.mkdir(parents=True, exist_ok=True)
-        shot = folder / "ui-runs.png"
-        shot.unlink(missing_ok=True)
-        browse(runs_page, workdir / "profile", f"--screenshot={shot}")
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # of the page just checked
         # The study run's page: its description is the report's headline.
         dom = browse(printed[1].split(": ", 1)[1], workdir / "profile", "--dump-dom")
         assert headline.startswith("**GRU**") and headline.split("**")[-1] in dom, dom[-3000:]  # markdown, rendered
 
-        with capsys.disabled():
-            print(f"\nscreenshot of `harness ui`'s runs page: {shot}")
-
+        started = psutil.Process(proc.pid).children(recursive=True)  # all of them, the server's workers up
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the command stops the server and every process it started
         assert proc.wait(timeout=30) == 130
         assert not psutil.wait_procs(started, timeout=15)[1]
