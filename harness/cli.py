@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--all", action="store_true", help="every study in the store, then the leaderboard README.md across them")
     rp.add_argument("--out", default="reports", help="output folder (default reports/)")
 
-    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over harness's tracking store")
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over harness's tracking store, with each study's runs page")
+    ui.add_argument("study", nargs="?", help="the study (MLflow experiment) whose pages to print (default: every study)")
     ui.add_argument("--port", type=_port, default=5000)
     return p
 
@@ -113,7 +114,7 @@ def _run(args) -> int:
     built = build(exp)
     check_tracking(exp.name)
     client = get_client()
-    run = MlflowRun(client, experiment_id(client, exp.name), exp, name=run_name(exp),
+    run = MlflowRun(client, experiment_id(client, exp.name, exp.description), exp, name=run_name(exp),
                     tags={"harness.role": "run", "harness.study": exp.name})
     try:
         result = run_trial(exp, [run], built=built)
@@ -150,7 +151,8 @@ def _sweep(args) -> int:
     from harness.provenance import command_line, file_digest
     from harness.report import write_report
     from harness.sweep import run
-    from harness.tracking import tracking_uri
+    from harness.tracking import get_client, tracking_uri
+    from harness.ui import ranked, runs_url
 
     exp = _sweep_experiment(args)
     check_folder(args.out, "--out")  # before the sweep trains, not after
@@ -164,9 +166,13 @@ def _sweep(args) -> int:
         print(f"harness: no report: {e}", file=sys.stderr)
         return 1
     print(f"report: {path}")
-    uri = tracking_uri()
-    print(f"browse the runs: {masked(uri)}" if is_server(uri)
-          else f"browse the runs: harness ui   (or: mlflow ui --backend-store-uri {uri})")
+    study, uri, client = outcome.study.study_name, tracking_uri(), get_client()
+    exp_id = client.get_experiment_by_name(study).experiment_id
+    if is_server(uri):  # the server is the UI
+        print(f"browse the runs: {runs_url(masked(uri).rstrip('/'), exp_id, **ranked(client, exp_id))}")
+    else:
+        print(f"browse the runs: harness ui {study}, then {runs_url('http://127.0.0.1:5000', exp_id, **ranked(client, exp_id))}"
+              f"   (or: mlflow ui --backend-store-uri {uri})")
     return 0
 
 
@@ -184,16 +190,26 @@ def _report(args) -> int:
 
 
 def _ui(args) -> int:
-    from harness.checks import check_tracking, is_server
+    from harness.checks import check_tracking, is_server, sqlite_path
     from harness.config import masked, tracking_uri
-    from harness.ui import check_port, serve
+    from harness.ui import check_port, serve, study_urls
 
     if is_server(tracking_uri()):  # a server has its UI already; `mlflow ui` serves stores
         raise HarnessError(f"MLFLOW_TRACKING_URI is an MLflow server: browse {masked(tracking_uri())} (harness ui serves a local store)")
-    check_tracking()
+    check_tracking(args.study)
     check_port(args.port)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {masked(tracking_uri())} (Ctrl-C stops)", flush=True)
+    uri, base = tracking_uri(), f"http://127.0.0.1:{args.port}"
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():  # no store yet: no study, and none is created here
+        if args.study:
+            raise HarnessError(f"no study {args.study!r}: no MLflow store at {masked(uri)}")
+        urls = []
+    else:
+        from mlflow.tracking import MlflowClient
+
+        urls = study_urls(MlflowClient(tracking_uri=uri), base, args.study)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on {base} over {masked(uri)} (Ctrl-C stops)", *urls, sep="\n", flush=True)
     return serve(cmd)  # the server and its workers end with this command, even on SIGKILL (harness.ui)
 
 

@@ -50,6 +50,8 @@ def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
     printed = float(re.search(r"test accuracy (\d\.\d+)", out)[1])
     assert printed == pytest.approx(run.data.metrics["test_accuracy"], abs=5e-5) and run.info.run_id in out
     assert run.data.params["kernel"] == "aten" and "samples/s (aten" in out  # the GRU's per-step path, named
+    assert exp.tags["mlflow.note.content"].startswith("Which recurrent architecture")  # the file's description
+    assert len(run.inputs.dataset_inputs) == 3
 
 
 @pytest.mark.slow
@@ -90,6 +92,10 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
     rows = [line for line in families.splitlines() if line.startswith("| ") and "architecture" not in line]
     assert {row.split("|")[1].strip() for row in rows} == archs
     assert (workdir / "reports" / "smoke_curves.png").stat().st_size > 1000
+    # In MLflow: an experiment the UI opens on its runs (the page printed), the answer on the study run.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&orderByKey=" in out
+    assert parents[0].data.tags["mlflow.note.content"] == report.splitlines()[4] != ""  # the headline
 
     # Re-running the same command resumes: nothing new to do, same parent run, report again.
     assert main(args) == 0
@@ -240,6 +246,17 @@ def test_the_ui_refuses_a_port_in_use(workdir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("harness: error: --port: ") and err.count("\n") == 1
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_the_ui_of_an_unknown_study_is_a_one_line_error_and_starts_nothing(workdir, capsys):
+    assert main(["ui", "nope", "--port", str(_free_port())]) == 2  # no store yet: none is created
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: no study 'nope'") and err.count("\n") == 1
+    assert not (workdir / "mlflow.db").exists()
+    MlflowClient().create_experiment("other")
+    assert main(["ui", "nope", "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err == "harness: error: no study 'nope' in the MLflow store; `harness ui` without a name lists them all\n"
 
 
 def test_a_diverging_run_exits_1_with_one_line_and_a_failed_run(workdir, capsys):
