@@ -49,7 +49,7 @@ def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
     assert steps == [1, 2]
     printed = float(re.search(r"test accuracy (\d\.\d+)", out)[1])
     assert printed == pytest.approx(run.data.metrics["test_accuracy"], abs=5e-5) and run.info.run_id in out
-    assert run.data.params["kernel"] == "aten" and "samples/s (aten" in out  # the GRU's per-step path, named
+    assert run.data.params["kernel"] == "harness" and "samples/s (harness" in out  # the GRU on harness's scan, named
     assert exp.tags["mlflow.note.content"].startswith("Which recurrent architecture")  # the file's description
     assert len(run.inputs.dataset_inputs) == 3
 
