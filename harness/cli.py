@@ -113,7 +113,7 @@ def _run(args) -> int:
     check_tracking(exp.name)
     client = get_client()
     run = MlflowRun(client, experiment_id(client, exp.name), exp, name=run_name(exp),
-                    tags={"harness.role": "run", "harness.study": exp.name})
+                    tags={"harness.role": "run", "harness.study": exp.name}, mlflow_model=True)
     try:
         result = run_trial(exp, [run], built=built)
     except Diverged as e:  # the run is already closed FAILED with harness.failure=diverged
@@ -126,6 +126,8 @@ def _run(args) -> int:
           f"test {m} {result.test_metric:.4f}, {result.final_metrics()['train_samples_per_s']:.0f} samples/s "
           f"({result.kernel}{', contended: unreliable' if result.contended else ''})")
     print(f"MLflow run {run.run_id} in {tracking_uri()}")
+    if exp.tracking.mlflow_model:
+        print(f"MLflow model runs:/{run.run_id}/model (mlflow.pytorch.load_model)")
     return 0
 
 
