@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     experiment_args(run)
     run.add_argument("--arch", help="architecture name (sets model.arch)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device)")
+    run.add_argument("--from-run", metavar="RUN_ID", help="train again with the settings an MLflow run logged "
+                     "(instead of an experiment file; --set and the flags above apply on top)")
 
     sw = sub.add_parser("sweep", help="run or resume an Optuna study of an experiment")
     experiment_args(sw)
@@ -108,14 +110,23 @@ def _run(args) -> int:
     from harness.tracking import MlflowRun, experiment_id, get_client, run_name, tracking_uri
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
-    exp = load_experiment(args.experiment, sets)
+    tags = {"harness.role": "run"}
+    if args.from_run:
+        from harness.rerun import experiment_from_run
+
+        if args.experiment:
+            raise HarnessError("run: give an experiment file or --from-run RUN_ID, not both")
+        exp = experiment_from_run(args.from_run, sets)
+        tags["harness.rerun_of"] = args.from_run
+    else:
+        exp = load_experiment(args.experiment, sets)
     # A bad device, task option, model override or store fails here, before anything is written.
     check_precision(exp.train.precision, resolve_device(exp.train.device))
     built = build(exp)
     check_tracking(exp.name)
     client = get_client()
     run = MlflowRun(client, experiment_id(client, exp.name, exp.description), exp, name=run_name(exp),
-                    tags={"harness.role": "run", "harness.study": exp.name})
+                    tags={**tags, "harness.study": exp.name}, mlflow_model=True)
     try:
         result = run_trial(exp, [run], built=built)
     except Diverged as e:  # the run is already closed FAILED with harness.failure=diverged
@@ -128,6 +139,8 @@ def _run(args) -> int:
           f"test {m} {result.test_metric:.4f}, {result.final_metrics()['train_samples_per_s']:.0f} samples/s "
           f"({result.kernel}{', contended: unreliable' if result.contended else ''})")
     print(f"MLflow run {run.run_id} in {tracking_uri()}")
+    if exp.tracking.mlflow_model:
+        print(f"MLflow model runs:/{run.run_id}/model (mlflow.pytorch.load_model)")
     return 0
 
 

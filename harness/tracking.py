@@ -25,7 +25,8 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
   MLflow's own `system/*` metrics;
 - artifacts: settings.json, learning_curve.png, gradflow.csv/.png (the chosen checkpoint's
   gradient flow, harness.gradflow), checkpoint.pt, test_per_example.npy (each test example's
-  metric, float32, in test-split order).
+  metric, float32, in test-split order); for runs and final runs, the chosen model as an MLflow
+  model (harness.logged_model).
 
 Metrics are buffered and written in one batch at most every `FLUSH_S` seconds and when the run
 ends, never per optimiser step.
@@ -58,6 +59,7 @@ from harness.config import Experiment, TrackingSettings, masked, tracking_uri
 from harness.errors import Diverged, Pruned
 from harness.gradflow import GradFlow
 from harness.gradflow import write as write_gradflow
+from harness.logged_model import log_model
 from harness.tasks import Task, task_defaults
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
@@ -330,11 +332,14 @@ def end_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
 class MlflowRun(Callback):
     """One training run as one MLflow run: created when the loop starts (`run_id` is set then),
     metrics buffered as epochs and gradient records come, artifacts and the final status at the
-    end. It ends FINISHED, KILLED (pruned, interrupted) or FAILED with the reason in its tags."""
+    end. It ends FINISHED, KILLED (pruned, interrupted) or FAILED with the reason in its tags.
+    `mlflow_model`: a run that logs its chosen model as an MLflow model when `tracking.mlflow_model`
+    says so (runs and final runs; a search's trials keep the checkpoint only)."""
 
     def __init__(self, client: MlflowClient, exp_id: str, exp: Experiment, *, name: str, tags: dict[str, Any],
-                 parent: str | None = None):
+                 parent: str | None = None, mlflow_model: bool = False):
         self.client, self.exp_id, self.exp = client, exp_id, exp
+        self.mlflow_model = mlflow_model and exp.tracking.mlflow_model
         self.name, self.tags, self.parent = name, tags, parent
         self.run_id: str | None = None
         self.start: FitStart | None = None
@@ -394,6 +399,8 @@ class MlflowRun(Callback):
         write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
                         best_epoch=result.best_epoch if model is not None else 0, flow=result.gradflow, model=model,
                         test_per_example=result.test_per_example if model is not None else ())
+        if self.mlflow_model and model is not None:
+            log_model(self.client, self.run_id, model, self.start.task)
 
     def _end(self, tags: dict[str, Any], status: str) -> None:
         if self.monitor is not None:
