@@ -44,25 +44,27 @@ def models_of(run) -> list:
     return [m for m in found if m.status.name == "READY"]
 
 
-def test_a_run_logs_its_model_which_loads_and_predicts_as_the_run_did(workdir, capsys):
-    assert main(["run", QUICK, "--arch", "lstm", *TINY]) == 0
+@pytest.mark.parametrize("arch", ["lstm", "gru", "rnn-sigmoid"])
+def test_a_run_logs_its_model_which_loads_and_predicts_as_the_run_did(workdir, capsys, arch):
+    """GRU and Elman RNNs train on harness's own scan on the CPU: their graph records the plain
+    recurrence (torch's kernel where there is one), which autograd can run too."""
+    assert main(["run", QUICK, "--arch", arch, *TINY]) == 0
     (run,) = the_runs()
     uri = f"runs:/{run.info.run_id}/model"
     assert uri in capsys.readouterr().out
     (logged,) = models_of(run)
-    assert logged.name == "model" and logged.params["model.arch"] == "lstm"
+    assert logged.name == "model" and logged.params["model.arch"] == arch
 
     model = mlflow.pytorch.load_model(uri)
     assert isinstance(model, torch.fx.GraphModule)  # torch.export's graph, read from the store: no harness class
     task = load_task(**DIGITS)
-    with torch.no_grad():
-        out = model(task.x_test)
+    out = model(task.x_test).detach()  # with gradients on, as a user would call it
     assert task.metric_fn(out, task.y_test).item() == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-7)
     assert task.loss_fn(out, task.y_test).item() == pytest.approx(run.data.metrics["test_loss"], rel=1e-6)
 
     # the same outputs as the run's checkpoint in a model built by harness
     state = torch.load(MlflowClient().download_artifacts(run.info.run_id, "checkpoint.pt", str(workdir)), weights_only=True)
-    net = create_model("lstm", input_size=8, output_size=10, io="many-to-one", seq_len=8, hidden_size=8)
+    net = create_model(arch, input_size=8, output_size=10, io="many-to-one", seq_len=8, hidden_size=8)
     net.load_state_dict(state)
     with torch.no_grad():
         torch.testing.assert_close(out, net.eval()(task.x_test), rtol=1e-5, atol=1e-6)

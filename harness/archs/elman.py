@@ -119,6 +119,15 @@ def elman_scan(pre: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, act: str
     return _ElmanScan.apply(pre, h0.to(pre.dtype), w_hh.to(pre.dtype), act, reverse)
 
 
+def _plain_scan(pre: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, act: str, reverse: bool = False) -> torch.Tensor:
+    """`elman_scan`'s result from out-of-place ops, autograd's to differentiate: what torch.export records."""
+    act_fn = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}[act]
+    h, states = h0, [h0] * len(pre)
+    for t in time_steps(len(pre), reverse):
+        h = states[t] = act_fn(torch.addmm(pre[t], h, w_hh.t()))
+    return torch.stack(states)
+
+
 # --- harness's recurrent modules: torch's parameters and signature, a kernel of our own ---------
 
 KERNELS = ("auto", "torch", "harness")
@@ -127,7 +136,11 @@ KERNELS = ("auto", "torch", "harness")
 def runs_harness(kernel: str, device: torch.device) -> bool:
     """Whether a module with `kernel` runs harness's scan on `device`: `auto` picks it on the CPU,
     where it measured faster than torch's per-step path (benchmarks/bench_kernels.py), and torch's
-    fused kernels (cuDNN) everywhere else."""
+    fused kernels (cuDNN) everywhere else. Never while torch.export traces the model into a graph for
+    others to load (harness.logged_model): the scan's in-place ops would go into it, and torch's own
+    kernel gives the same outputs."""
+    if torch.compiler.is_exporting():
+        return False
     return kernel == "harness" or (kernel == "auto" and device.type == "cpu")
 
 
@@ -184,9 +197,12 @@ class ElmanRNN(nn.RNN):
         if not self.runs_harness(input.device):
             return super().forward(input, hx)
 
+        # torch.export (the sigmoid RNN, which has no torch kernel): the plain recurrence
+        scan = _plain_scan if torch.compiler.is_exporting() else elman_scan
+
         def direction(x, h0, w, reverse):
             w_ih, w_hh, b_ih, b_hh = w
             pre = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-            return elman_scan(pre, h0, w_hh, self.nonlinearity, reverse)
+            return scan(pre, h0, w_hh, self.nonlinearity, reverse)
 
         return scan_layers(self, input, hx, direction)
