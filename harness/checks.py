@@ -1,14 +1,17 @@
 """What the user names for harness to write to (`--out` folders, a journal file, SQLite and
-MLflow stores), checked before anything is written: a place that cannot be written, or a store
-that is not one, is a one-line `HarnessError`, and the check itself leaves nothing behind."""
+MLflow stores, an MLflow server), checked before anything is written: a place that cannot be
+written, or a store that is not one, is a one-line `HarnessError`, and the check itself leaves
+nothing behind."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import tempfile
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from harness.config import masked, tracking_uri
 from harness.errors import HarnessError
@@ -64,16 +67,35 @@ def check_sqlite(url: str, what: str) -> None:
                            "restore it from a backup or move it aside")
 
 
+def is_server(uri: str) -> bool:
+    """Whether the tracking URI names an MLflow server (`http://`, `https://`), not a store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, what: str) -> None:
+    """Raise unless something answers at the MLflow server `uri`: MLflow's client retries a
+    server that is not there for minutes before it gives up."""
+    try:
+        url = urlsplit(uri)
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=10).close()
+    except (OSError, ValueError) as e:  # refused, unknown host, timed out; a port that is no number
+        reason = getattr(e, "strerror", None) or str(e)
+        raise HarnessError(f"{what}: no MLflow server answers at {masked(uri)} ({reason}); start it "
+                           "(mlflow server, see docs/storage.md) or correct the URI") from None
+
+
 def check_tracking(study: str | None = None) -> None:
     """Raise unless the MLflow tracking store can be used: a SQLite file intact or creatable, any
     other URI one MLflow opens, and `study`'s experiment, when the store holds it, not deleted
     (MLflow keeps a deleted experiment's name until it is purged, and refuses runs in it). A
-    SQLite store that does not exist yet is not created here."""
+    SQLite store that does not exist yet is not created here; a server must answer."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
     what = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.db"
     check_sqlite(uri, what)
+    if is_server(uri):
+        check_server(uri, what)
     path = sqlite_path(uri)
     if path is not None and not path.exists():
         return

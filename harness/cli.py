@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     experiment_args(run)
     run.add_argument("--arch", help="architecture name (sets model.arch)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device)")
+    run.add_argument("--from-run", metavar="RUN_ID", help="train again with the settings an MLflow run logged "
+                     "(instead of an experiment file; --set and the flags above apply on top)")
 
     sw = sub.add_parser("sweep", help="run or resume an Optuna study of an experiment")
     experiment_args(sw)
@@ -78,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--all", action="store_true", help="every study in the store, then the leaderboard README.md across them")
     rp.add_argument("--out", default="reports", help="output folder (default reports/)")
 
-    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over harness's tracking store")
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over harness's tracking store, with each study's runs page")
+    ui.add_argument("study", nargs="?", help="the study (MLflow experiment) whose pages to print (default: every study)")
     ui.add_argument("--port", type=_port, default=5000)
     return p
 
@@ -107,14 +110,23 @@ def _run(args) -> int:
     from harness.tracking import MlflowRun, experiment_id, get_client, run_name, tracking_uri
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
-    exp = load_experiment(args.experiment, sets)
+    tags = {"harness.role": "run"}
+    if args.from_run:
+        from harness.rerun import experiment_from_run
+
+        if args.experiment:
+            raise HarnessError("run: give an experiment file or --from-run RUN_ID, not both")
+        exp = experiment_from_run(args.from_run, sets)
+        tags["harness.rerun_of"] = args.from_run
+    else:
+        exp = load_experiment(args.experiment, sets)
     # A bad device, task option, model override or store fails here, before anything is written.
     check_precision(exp.train.precision, resolve_device(exp.train.device))
     built = build(exp)
     check_tracking(exp.name)
     client = get_client()
-    run = MlflowRun(client, experiment_id(client, exp.name), exp, name=run_name(exp),
-                    tags={"harness.role": "run", "harness.study": exp.name})
+    run = MlflowRun(client, experiment_id(client, exp.name, exp.description), exp, name=run_name(exp),
+                    tags={**tags, "harness.study": exp.name}, mlflow_model=True)
     try:
         result = run_trial(exp, [run], built=built)
     except Diverged as e:  # the run is already closed FAILED with harness.failure=diverged
@@ -127,6 +139,8 @@ def _run(args) -> int:
           f"test {m} {result.test_metric:.4f}, {result.final_metrics()['train_samples_per_s']:.0f} samples/s "
           f"({result.kernel}{', contended: unreliable' if result.contended else ''})")
     print(f"MLflow run {run.run_id} in {tracking_uri()}")
+    if exp.tracking.mlflow_model:
+        print(f"MLflow model runs:/{run.run_id}/model (mlflow.pytorch.load_model)")
     return 0
 
 
@@ -145,12 +159,13 @@ def _sweep_experiment(args):
 
 
 def _sweep(args) -> int:
-    from harness.checks import check_folder
-    from harness.config import experiment_path
+    from harness.checks import check_folder, is_server
+    from harness.config import experiment_path, masked
     from harness.provenance import command_line, file_digest
     from harness.report import write_report
     from harness.sweep import run
-    from harness.tracking import tracking_uri
+    from harness.tracking import get_client, tracking_uri
+    from harness.ui import ranked, runs_url
 
     exp = _sweep_experiment(args)
     check_folder(args.out, "--out")  # before the sweep trains, not after
@@ -164,7 +179,13 @@ def _sweep(args) -> int:
         print(f"harness: no report: {e}", file=sys.stderr)
         return 1
     print(f"report: {path}")
-    print(f"browse the runs: harness ui   (or: mlflow ui --backend-store-uri {tracking_uri()})")
+    study, uri, client = outcome.study.study_name, tracking_uri(), get_client()
+    exp_id = client.get_experiment_by_name(study).experiment_id
+    if is_server(uri):  # the server is the UI
+        print(f"browse the runs: {runs_url(masked(uri).rstrip('/'), exp_id, **ranked(client, exp_id))}")
+    else:
+        print(f"browse the runs: harness ui {study}, then {runs_url('http://127.0.0.1:5000', exp_id, **ranked(client, exp_id))}"
+              f"   (or: mlflow ui --backend-store-uri {uri})")
     return 0
 
 
@@ -182,14 +203,26 @@ def _report(args) -> int:
 
 
 def _ui(args) -> int:
-    from harness.checks import check_tracking
+    from harness.checks import check_tracking, is_server, sqlite_path
     from harness.config import masked, tracking_uri
-    from harness.ui import check_port, serve
+    from harness.ui import check_port, serve, study_urls
 
-    check_tracking()
+    if is_server(tracking_uri()):  # a server has its UI already; `mlflow ui` serves stores
+        raise HarnessError(f"MLFLOW_TRACKING_URI is an MLflow server: browse {masked(tracking_uri())} (harness ui serves a local store)")
+    check_tracking(args.study)
     check_port(args.port)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {masked(tracking_uri())} (Ctrl-C stops)", flush=True)
+    uri, base = tracking_uri(), f"http://127.0.0.1:{args.port}"
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():  # no store yet: no study, and none is created here
+        if args.study:
+            raise HarnessError(f"no study {args.study!r}: no MLflow store at {masked(uri)}")
+        urls = []
+    else:
+        from mlflow.tracking import MlflowClient
+
+        urls = study_urls(MlflowClient(tracking_uri=uri), base, args.study)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on {base} over {masked(uri)} (Ctrl-C stops)", *urls, sep="\n", flush=True)
     return serve(cmd)  # the server and its workers end with this command, even on SIGKILL (harness.ui)
 
 
@@ -208,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the level when it already was.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report reads each final run's file
+    # Against a server MLflow prints two links for every run it ends: hundreds in a sweep's output.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
     if args.command in ("run", "sweep"):
         from harness.train import flush_denormals

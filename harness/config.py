@@ -99,6 +99,9 @@ class TrackingSettings(_Section):
     # 0 turns them off; unset: 100 on CPU, 500 on GPU (harness.gradients.default_every).
     grad_stats_every: int | None = Field(default=None, ge=0)
     checkpoint: bool = True  # the chosen epoch's state_dict as checkpoint.pt
+    # The chosen epoch's model as an MLflow model (mlflow.pytorch): runs of `harness run` and a
+    # sweep's final runs; a search's trials never log one (seconds each), only checkpoint.pt.
+    mlflow_model: bool = True
     settings_file: bool = True  # the resolved experiment as settings.json
     learning_curve: bool = True  # learning_curve.png
     # Gradient flow through time at the chosen checkpoint: gradflow_* metrics, gradflow.csv/.png

@@ -10,18 +10,23 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
   resolved), `n_params`, `flops_per_sample`, `kernel` (the recurrent layers' kernel path,
   harness.kernels), `trial_number`, and what the registries say of the run: `arch_family`,
   `arch_bidirectional`, `task_io`, `task_metric`, `task_metric_direction`;
+- the experiment: tagged as model training (`mlflow.experimentKind`, not a GenAI app) and
+  described by the experiment file's `description` (`mlflow.note.content`);
 - tags: `harness.role` (study | trial | run), `harness.study`, `harness.trial`, `harness.state`
   (complete | pruned | failed), on failure `harness.failure` (`diverged` or the exception's
   type), `harness.error` and, for divergence, `harness.failure_epoch` / `harness.failure_step`;
   `harness.git_commit` (also as `mlflow.source.git.commit`), `torch_version`, `device`,
   `split_hash.<split>`; once complete, `harness.contended` (true when every epoch that sets the
   training throughput shared the cores with other work);
+- inputs: the task's train, validation and test splits as MLflow datasets (name: the task, digest:
+  the split's hash, context: training | validation | test), which the UI's Dataset column shows;
 - metrics: per epoch (step = epoch), gradient statistics (step = optimiser step), final ones
   (step 0: the test split, speeds, the chosen checkpoint's `gradflow_rate[_bwd][_iqr]`), and
   MLflow's own `system/*` metrics;
 - artifacts: settings.json, learning_curve.png, gradflow.csv/.png (the chosen checkpoint's
   gradient flow, harness.gradflow), checkpoint.pt, test_per_example.npy (each test example's
-  metric, float32, in test-split order).
+  metric, float32, in test-split order); for runs and final runs, the chosen model as an MLflow
+  model (harness.logged_model).
 
 Metrics are buffered and written in one batch at most every `FLUSH_S` seconds and when the run
 ends, never per optimiser step.
@@ -43,9 +48,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from harness.archs import arch_info
 from harness.callbacks import Callback, FitStart, TrialResult
@@ -53,6 +59,7 @@ from harness.config import Experiment, TrackingSettings, masked, tracking_uri
 from harness.errors import Diverged, Pruned
 from harness.gradflow import GradFlow
 from harness.gradflow import write as write_gradflow
+from harness.logged_model import log_model
 from harness.tasks import Task, task_defaults
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
@@ -65,16 +72,30 @@ def get_client() -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri())
 
 
-def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str | None:
+# An experiment of model training, not a GenAI app (traces, tokens), as MLflow 3's UI records it
+# when a user picks the kind. 3.17's UI itself picks its view from the page's URL: harness.ui.runs_url.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "test"}  # MLflow's dataset contexts
+
+
+def experiment_id(client: MlflowClient, name: str, description: str = "") -> str:
+    """The id of experiment `name`, created when missing; tagged as model development and, when
+    `description` is given, described by it (MLflow shows `mlflow.note.content` as the
+    experiment's description). An existing experiment (a resumed study) gets the tags it lacks
+    or holds with another value."""
+    tags = EXPERIMENT_KIND | ({MLFLOW_RUN_NOTE: description[:20_000]} if description else {})  # MLflow's limit
     exp = client.get_experiment_by_name(name)
-    if exp is None and create:
+    if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags=tags)
         except Exception:  # another worker created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
-    return None if exp is None else exp.experiment_id
+    for key, value in tags.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def find_runs(client: MlflowClient, exp_id: str, **tags: str) -> list:
@@ -135,7 +156,7 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
 
 def study_run(client: MlflowClient, exp: Experiment, study: str) -> tuple[str, str]:
     """(experiment id, parent run id) of a study; the parent is reused when it exists."""
-    exp_id = experiment_id(client, study)
+    exp_id = experiment_id(client, study, exp.description)
     runs = find_runs(client, exp_id, role="study", study=study)
     if runs:
         run_id = runs[0].info.run_id
@@ -181,14 +202,24 @@ def device_name(dev: torch.device) -> str:
     return platform.processor() or platform.machine() or dev.type
 
 
-def run_tags(task: Task, dev: torch.device) -> dict[str, str]:
+def run_tags(dev: torch.device, hashes: dict[str, str]) -> dict[str, str]:
     """Where a run ran and on which data: versions, device, split hashes, harness commit."""
-    tags = {"torch_version": torch.__version__, "device": device_name(dev),
-            **{f"split_hash.{k}": v for k, v in task.split_hashes().items()}}
+    tags = {"torch_version": torch.__version__, "device": device_name(dev), **{f"split_hash.{k}": v for k, v in hashes.items()}}
     commit = git_commit()
     if commit:
         tags |= {"harness.git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("+dirty")}
     return tags
+
+
+def dataset_inputs(task: Task, hashes: dict[str, str]) -> list[DatasetInput]:
+    """The task's splits as MLflow dataset inputs: one dataset per split, named after the task,
+    its digest the split's hash, its context the split's role; the data itself stays out of MLflow
+    (source `code`: built by the task's code; profile: its number of examples)."""
+    source = json.dumps({"tags": {"harness.task": task.name}})
+    return [DatasetInput(Dataset(task.name, hashes[split], "code", source,
+                                 profile=json.dumps({"num_rows": len(task.split(split)[0])})),
+                         tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            for split, context in SPLIT_CONTEXT.items()]
 
 
 def run_params(exp: Experiment, start: FitStart) -> dict[str, Any]:
@@ -301,16 +332,20 @@ def end_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
 class MlflowRun(Callback):
     """One training run as one MLflow run: created when the loop starts (`run_id` is set then),
     metrics buffered as epochs and gradient records come, artifacts and the final status at the
-    end. It ends FINISHED, KILLED (pruned, interrupted) or FAILED with the reason in its tags."""
+    end. It ends FINISHED, KILLED (pruned, interrupted) or FAILED with the reason in its tags.
+    `mlflow_model`: a run that logs its chosen model as an MLflow model when `tracking.mlflow_model`
+    says so (runs and final runs; a search's trials keep the checkpoint only)."""
 
     def __init__(self, client: MlflowClient, exp_id: str, exp: Experiment, *, name: str, tags: dict[str, Any],
-                 parent: str | None = None):
+                 parent: str | None = None, mlflow_model: bool = False):
         self.client, self.exp_id, self.exp = client, exp_id, exp
+        self.mlflow_model = mlflow_model and exp.tracking.mlflow_model
         self.name, self.tags, self.parent = name, tags, parent
         self.run_id: str | None = None
         self.start: FitStart | None = None
         self.monitor = None
         self.params: dict[str, Any] = {}
+        self.inputs: list[DatasetInput] = []
 
     def open(self) -> str:
         """Create the run now (RUNNING, its tags only), before training: e.g. to claim work that
@@ -327,7 +362,10 @@ class MlflowRun(Callback):
             params["trial_number"] = self.tags["harness.trial"]
         log_params(self.client, self.run_id, params)
         self.params = params  # what a seed group copies, without reading the run back
-        set_tags(self.client, self.run_id, run_tags(start.task, start.device))
+        hashes = start.task.split_hashes()
+        set_tags(self.client, self.run_id, run_tags(start.device, hashes))
+        self.inputs = dataset_inputs(start.task, hashes)  # a seed group logs its first seed's too
+        self.client.log_inputs(self.run_id, datasets=self.inputs)
         self.buffer = MetricBuffer(self.client, self.run_id)
         self.monitor = start_system_metrics(self.client, self.run_id, self.exp.tracking)
 
@@ -361,6 +399,8 @@ class MlflowRun(Callback):
         write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
                         best_epoch=result.best_epoch if model is not None else 0, flow=result.gradflow, model=model,
                         test_per_example=result.test_per_example if model is not None else ())
+        if self.mlflow_model and model is not None:
+            log_model(self.client, self.run_id, model, self.start.task)
 
     def _end(self, tags: dict[str, Any], status: str) -> None:
         if self.monitor is not None:
@@ -371,9 +411,10 @@ class MlflowRun(Callback):
 
 class SeedGroupRun:
     """One configuration trained with several seeds, as one MLflow run (the sweep's trial) whose
-    nested runs are the seeds (`harness.role=seed`). It holds the configuration's params and, once
-    the seeds are done, the seeds' mean of every final metric (`<key>_std`: their spread) and of
-    each epoch's metrics, so it reads like a single run; a seed's failure fails it."""
+    nested runs are the seeds (`harness.role=seed`). It holds the configuration's params, the
+    seeds' datasets and, once the seeds are done, the seeds' mean of every final metric
+    (`<key>_std`: their spread) and of each epoch's metrics, so it reads like a single run; a
+    seed's failure fails it."""
 
     def __init__(self, client: MlflowClient, exp_id: str, exp: Experiment, *, name: str, tags: dict[str, Any],
                  parent: str | None = None):
@@ -404,6 +445,8 @@ class SeedGroupRun:
             rows = [r.history[epoch - 1] for r in results if len(r.history) >= epoch]
             metrics += [Metric(k, float(np.mean([row[k] for row in rows])), 0, epoch) for k in rows[0]]
         log_params(self.client, self.run_id, extra)
+        if first_seed.inputs:  # every seed trains on the same splits
+            self.client.log_inputs(self.run_id, datasets=first_seed.inputs)
         _write(self.client, self.run_id, metrics)
         contended = any(r.contended for r in results)  # the mean holds an unreliable figure
         set_tags(self.client, self.run_id, {"harness.state": "complete", "harness.contended": str(contended).lower()})

@@ -13,6 +13,10 @@ the keeper reads end-of-file and stops its whole group (SIGTERM, then SIGKILL af
 When the server exits on its own the keeper stops what is left and exits with its code. In its
 own session the group is out of the terminal's reach: a Ctrl-C reaches the command alone,
 which closes the pipe, so the server is stopped once and in order.
+
+Where to look: MLflow 3's UI opens an experiment on its GenAI overview (traces, tokens) unless
+told otherwise, so the command prints each study's runs page in the UI's model-training view
+(`runs_url`), its runs listed best first (`ranked`), and its study run's page.
 """
 
 from __future__ import annotations
@@ -23,12 +27,53 @@ import socket
 import subprocess
 import sys
 import threading
+from urllib.parse import quote, urlencode
 
 import psutil
 
 from harness.errors import HarnessError
 
 GRACE_S = 5.0  # seconds the server's processes get to exit on SIGTERM before SIGKILL
+
+
+def runs_url(base: str, exp_id: str, run_id: str | None = None, **query: str) -> str:
+    """The UI's page of an experiment's runs (of one run, given `run_id`) in its model-training
+    view, which the `workflowType` parameter selects on any page (else the UI opens the view the
+    browser last used, GenAI at first); `query`: more of the page's URL parameters."""
+    params = urlencode({"workflowType": "machine_learning", **query}, quote_via=quote)
+    return f"{base}/#/experiments/{exp_id}/runs{f'/{run_id}' if run_id else ''}?{params}"
+
+
+def ranked(client, exp_id: str) -> dict[str, str]:
+    """The runs page's parameters that list every run, best selection score (`best_val_<metric>`)
+    first: sorted by anything but time, the UI stops folding a study's runs under its study run.
+    Empty before a run has trained (its metric is not known yet)."""
+    found = client.search_runs([exp_id], "params.task_metric != ''", max_results=1)
+    if not found:
+        return {}
+    p = found[0].data.params
+    return {"orderByKey": f"metrics.`best_val_{p['task_metric']}`",
+            "orderByAsc": str(p.get("task_metric_direction") == "minimize").lower()}
+
+
+def study_urls(client, base: str, study: str | None = None) -> list[str]:
+    """Lines naming `study`'s runs page and its study run's page in the UI at `base`; without a
+    name, every experiment harness wrote runs to, by name. An unknown name is an error."""
+    if study:
+        exps = [client.get_experiment_by_name(study)]
+        if exps[0] is None:
+            raise HarnessError(f"no study {study!r} in the MLflow store; `harness ui` without a name lists them all")
+    else:
+        exps = sorted((e for e in client.search_experiments()
+                       if client.search_runs([e.experiment_id], f"tags.`harness.study` = '{e.name}'", max_results=1)),
+                      key=lambda e: e.name)
+    lines = []
+    for exp in exps:
+        lines.append(f"{exp.name}: {runs_url(base, exp.experiment_id, **ranked(client, exp.experiment_id))}")
+        parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'", max_results=1)
+        if parent:
+            lines.append(f"  study run: {runs_url(base, exp.experiment_id, parent[0].info.run_id)}")
+    return lines
 
 
 def check_port(port: int) -> None:
@@ -90,4 +135,9 @@ def keep(cmd: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(keep(sys.argv[1:]))
+    code = keep(sys.argv[1:])
+    # Not sys.exit: the thread still blocked reading stdin (the server exited on its own) makes
+    # the interpreter's shutdown abort ("could not acquire lock for <stdin>"), losing the code.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

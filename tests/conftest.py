@@ -1,7 +1,14 @@
-"""Shared fixtures: every test that tracks gets its own working dir and SQLite MLflow store."""
+"""Shared fixtures: every test that tracks gets its own working dir and SQLite MLflow store;
+tests that need PostgreSQL share one throw-away server (Debian's `postgresql` package)."""
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,3 +34,58 @@ def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries (the newest version), if installed."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL server on 127.0.0.1 with its own data directory, stopped after the
+    session: `postgres(name)` creates database `name` and returns its URL. As root it runs the
+    server as the `postgres` user, which PostgreSQL requires. Off CI a machine without the
+    server binaries skips the tests that use it; CI installs them (.ci/run) and runs them."""
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        assert not os.environ.get("CI"), "CI must install Debian's postgresql (see .ci/run)"
+        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's tmp: the server user must reach it
+    data, port = root / "data", free_port()
+    as_server = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_server = ["runuser", "-u", "postgres", "--"]
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_server, *args], check=True, capture_output=True, text=True, timeout=120)
+
+    def createdb(name: str) -> str:
+        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
+           "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off", "start")
+        yield createdb
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_server, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres, request) -> str:
+    """A database of its own on the session's PostgreSQL server, named after the test module."""
+    return postgres(request.module.__name__.rpartition(".")[2])

@@ -78,6 +78,7 @@ def space(names: str, body: str, *args: str, section: str = "sweep.space") -> Ca
 
 
 ABOUT_A_FILE = {"afile": b"a file, not a folder\n"}
+SERVER_DOWN = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}  # port 1: nothing listens there
 NO_GPU_7 = torch.cuda.device_count() <= 7  # cuda:7 is a bad device on this machine
 
 CASES = {
@@ -212,6 +213,11 @@ CASES = {
     "tracking-uri-scheme-sweep": sweep("MLFLOW_TRACKING_URI", env={"MLFLOW_TRACKING_URI": "foo://bar"}),
     "tracking-uri-scheme-report": Case("", ["report", "bad"], "MLFLOW_TRACKING_URI", env={"MLFLOW_TRACKING_URI": "foo://bar"}),
     "tracking-uri-through-a-file": run("afile", env={"MLFLOW_TRACKING_URI": "sqlite:///afile/mlflow.db"}, files=ABOUT_A_FILE),
+    # An MLflow server that is not there (MLflow's client would retry it for minutes), and `harness ui` on a server.
+    "tracking-server-down-run": run("no MLflow server answers at http://127.0.0.1:1", env=SERVER_DOWN),
+    "tracking-server-down-sweep": sweep("no MLflow server answers at http://127.0.0.1:1", env=SERVER_DOWN),
+    "tracking-server-down-report": Case("", ["report", "bad"], "no MLflow server answers", env=SERVER_DOWN),
+    "ui-on-a-server": Case("", ["ui"], "browse http://127.0.0.1:1", env=SERVER_DOWN),
 }
 if not NO_GPU_7:
     del CASES["device-cuda7-run"], CASES["device-cuda7-sweep"]

@@ -49,7 +49,9 @@ def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
     assert steps == [1, 2]
     printed = float(re.search(r"test accuracy (\d\.\d+)", out)[1])
     assert printed == pytest.approx(run.data.metrics["test_accuracy"], abs=5e-5) and run.info.run_id in out
-    assert run.data.params["kernel"] == "aten" and "samples/s (aten" in out  # the GRU's per-step path, named
+    assert run.data.params["kernel"] == "harness" and "samples/s (harness" in out  # the GRU on harness's scan, named
+    assert exp.tags["mlflow.note.content"].startswith("Which recurrent architecture")  # the file's description
+    assert len(run.inputs.dataset_inputs) == 3
 
 
 @pytest.mark.slow
@@ -57,6 +59,7 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
     # Random sampler over the four families with a fixed seed: every trial is a real run. (The
     # quickstart's per-family learning-rate lists are a grid's: one shared range here.)
     args = ["sweep", QUICK, "--n-trials", "4", "--study", "smoke", "--sampler", "random", "--pruner", "none", *SMALL,
+            "--set", "tracking.mlflow_model=false",  # up to 20 final runs: their models are tested in test_logged_runs
             "--set", "sweep.space_by_arch={}", "--set", "sweep.space={'model.arch' = ['rnn', 'lstm', 'gru', 'brnn'], "
             "'train.lr' = { low = 1e-3, high = 1e-2, log = true }}"]
     assert main(args) == 0
@@ -90,6 +93,10 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
     rows = [line for line in families.splitlines() if line.startswith("| ") and "architecture" not in line]
     assert {row.split("|")[1].strip() for row in rows} == archs
     assert (workdir / "reports" / "smoke_curves.png").stat().st_size > 1000
+    # In MLflow: an experiment the UI opens on its runs (the page printed), the answer on the study run.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&orderByKey=" in out
+    assert parents[0].data.tags["mlflow.note.content"] == report.splitlines()[4] != ""  # the headline
 
     # Re-running the same command resumes: nothing new to do, same parent run, report again.
     assert main(args) == 0
@@ -221,6 +228,17 @@ def test_the_ui_leaves_nothing_behind_when_it_is_stopped(workdir, sig):
             proc.kill()
 
 
+def test_the_keeper_exits_with_the_servers_code_when_the_server_stops_on_its_own():
+    # The command still holds the keeper's stdin, as `harness ui` does while the server runs.
+    keeper = subprocess.Popen([sys.executable, "-m", "harness.ui", sys.executable, "-c", "raise SystemExit(3)"],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert keeper.wait(timeout=60) == 3, keeper.stderr.read().decode()  # not an abort at shutdown
+    finally:
+        keeper.kill()
+        keeper.stdin.close()
+
+
 def test_the_ui_refuses_a_port_in_use(workdir, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -229,6 +247,17 @@ def test_the_ui_refuses_a_port_in_use(workdir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("harness: error: --port: ") and err.count("\n") == 1
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_the_ui_of_an_unknown_study_is_a_one_line_error_and_starts_nothing(workdir, capsys):
+    assert main(["ui", "nope", "--port", str(_free_port())]) == 2  # no store yet: none is created
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: no study 'nope'") and err.count("\n") == 1
+    assert not (workdir / "mlflow.db").exists()
+    MlflowClient().create_experiment("other")
+    assert main(["ui", "nope", "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err == "harness: error: no study 'nope' in the MLflow store; `harness ui` without a name lists them all\n"
 
 
 def test_a_diverging_run_exits_1_with_one_line_and_a_failed_run(workdir, capsys):

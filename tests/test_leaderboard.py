@@ -192,6 +192,7 @@ hidden_size = 8
 [tracking]
 system_metrics = false
 checkpoint = false
+mlflow_model = false
 [sweep]
 sampler = "grid"
 pruner = "none"

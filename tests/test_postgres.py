@@ -1,18 +1,10 @@
-"""Workers sharing one study through a real PostgreSQL server (Debian's `postgresql` package).
-
-The fixture starts a throw-away server on 127.0.0.1 with its own data directory and stops it
-afterwards; as root it runs the server as the `postgres` user, which PostgreSQL requires.
-"""
+"""Workers sharing one study through a real PostgreSQL server (Debian's `postgresql` package;
+the `postgres_url` fixture in conftest.py starts it)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,52 +14,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.sweep.storage import with_driver
+from tests.conftest import free_port
 from tests.test_sweep import EXPERIMENT
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# Off CI a machine without the server binaries skips these; CI installs them and runs them.
-pytestmark = pytest.mark.skipif(
-    _pg_bin() is None and not os.environ.get("CI"),
-    reason="PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)",
-)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bin_dir = _pg_bin()
-    assert bin_dir is not None, "CI must install Debian's postgresql (see .ci/run)"
-    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's tmp: the server user must reach it
-    data, port = root / "data", _free_port()
-    as_server = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres")
-        as_server = ["runuser", "-u", "postgres", "--"]
-
-    def pg(*args: str) -> None:
-        subprocess.run([*as_server, *args], check=True, capture_output=True, text=True, timeout=120)
-
-    try:
-        pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
-        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
-           "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off", "start")
-        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*as_server, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -112,7 +60,7 @@ def test_unreachable_postgres_is_one_line(workdir):
     from harness.errors import HarnessError
     from harness.sweep.storage import make_storage
 
-    url = f"postgresql://u:secret@127.0.0.1:{_free_port()}/optuna"
+    url = f"postgresql://u:secret@127.0.0.1:{free_port()}/optuna"
     t0 = time.time()
     with pytest.raises(HarnessError) as e:
         make_storage(url)

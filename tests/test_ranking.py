@@ -25,6 +25,7 @@ from harness.sweep.space import edges
 from harness.train import fit
 from tests.conftest import EXPERIMENTS
 from tests.test_sweep import EXPERIMENT, SLOW, load, runs_of, study_of, sweep_cmd, wait_for
+from tests.test_tracking import datasets
 
 GRID = ["--set", "sweep.sampler='grid'", "--set", "sweep.space_by_arch={}", "--set", "sweep.repeat=0",
         "--set", "sweep.space={'model.arch' = ['rnn', 'gru', 'lstm', 'mlp'], 'train.lr' = [0.003, 0.01]}"]
@@ -102,6 +103,7 @@ def test_seeds_in_the_search_are_nested_runs_and_the_objective_is_their_mean(tin
         assert m["best_val_accuracy"] == pytest.approx(np.mean(values)) and m["best_val_accuracy_std"] == pytest.approx(
             np.std(values, ddof=1))
         assert trial_run.data.params["arch_family"] in ("RNN", "GRU") and trial_run.data.params["n_params"]
+        assert len(datasets(trial_run)) == 3 and all(datasets(r) == datasets(trial_run) for r in seeds)  # the seeds' splits
         curve = client.get_metric_history(trial_run.info.run_id, "val_accuracy")
         assert [h.step for h in curve] == [1, 2]  # the seeds' mean per epoch, for the learning curves
 

@@ -224,6 +224,23 @@ def test_a_lower_is_better_metric_is_ranked_ascending(workdir, lower_is_better_t
     assert table(text, "Families")[0][6] == "best"  # the verdict column
 
 
+def test_the_headline_becomes_the_study_runs_description_and_stays_in_step(study):
+    client = MlflowClient()
+    exp_id = client.get_experiment_by_name("s").experiment_id
+    (parent,) = client.search_runs([exp_id], "tags.`harness.role` = 'study'")
+
+    def note() -> str:
+        return client.get_run(parent.info.run_id).data.tags.get("mlflow.note.content")
+
+    assert note() is None
+    text = write_report("s").read_text()
+    assert note() == text.splitlines()[2] and note().startswith("**BRNN (`bigru`) wins**")  # the report's headline
+    client.set_tag(parent.info.run_id, "mlflow.note.content", "stale")
+    assert main(["report", "s", "--out", "elsewhere"]) == 0
+    assert note() == text.splitlines()[2]
+    assert all(r.data.tags.get("mlflow.note.content") is None for r in client.search_runs([exp_id], "tags.`harness.role` != 'study'"))
+
+
 def test_unknown_study_and_missing_store(workdir):
     with pytest.raises(HarnessError, match="no MLflow store"):
         write_report("s")

@@ -53,6 +53,7 @@ system_metrics = false
 checkpoint = false
 learning_curve = false
 gradflow = false
+mlflow_model = false
 
 [sweep]
 n_trials = 3

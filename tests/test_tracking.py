@@ -54,7 +54,7 @@ def tracked(client, exp_id, exp, name, tags, parent=None, callbacks=()):
 
 def run_it(exp):
     client = get_client()
-    result, run_id = tracked(client, experiment_id(client, exp.name), exp, "r", {"harness.role": "run"})
+    result, run_id = tracked(client, experiment_id(client, exp.name, exp.description), exp, "r", {"harness.role": "run"})
     return client, result, client.get_run(run_id)
 
 
@@ -158,6 +158,46 @@ def test_artifacts_system_metrics_and_grad_stats_are_optional(workdir):
     assert client.list_artifacts(run.info.run_id) == []
     assert not any(k.startswith(("grad", "system/")) for k in run.data.metrics)  # grad_*, gradflow_*
     assert {"val_accuracy", "test_accuracy", "peak_fraction"} <= set(run.data.metrics)
+
+
+def datasets(run) -> set[tuple[str, str, str]]:
+    """A run's dataset inputs as (name, digest, context)."""
+    return {(d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+            for d in run.inputs.dataset_inputs}
+
+
+def test_a_run_logs_its_splits_as_datasets_in_a_described_model_training_experiment(workdir):
+    off = {"checkpoint": False, "settings_file": False, "learning_curve": False, "gradflow": False,
+           "test_per_example": False, "system_metrics": False, "grad_stats_every": 0}
+    exp = experiment(train={"epochs": 1}, tracking=off).with_values({"description": "Which RNN reads MNIST-1D best?"})
+    client, _, run = run_it(exp)
+    task, run_id, exp_id = build(exp)[0], run.info.run_id, run.info.experiment_id
+    hashes = task.split_hashes()
+    assert datasets(run) == {("mnist1d", hashes["train"], "training"), ("mnist1d", hashes["val"], "validation"),
+                             ("mnist1d", hashes["test"], "test")}
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("split_hash.")} == {
+        f"split_hash.{k}": v for k, v in hashes.items()}  # still there: the report reads them
+    rows = {d.dataset.digest: json.loads(d.dataset.profile)["num_rows"] for d in run.inputs.dataset_inputs}
+    assert rows == {hashes[s]: len(task.split(s)[0]) for s in ("train", "val", "test")}
+    # What the UI's Dataset filter asks MLflow's search.
+    for found in ("dataset.context = 'validation'", f"dataset.name = 'mnist1d' and dataset.digest = '{hashes['test']}'"):
+        assert [r.info.run_id for r in client.search_runs([exp_id], found)] == [run_id], found
+    assert client.search_runs([exp_id], "dataset.digest = '000000000000'") == []
+    # The experiment: model training (the UI's runs, not its GenAI overview), described by the file.
+    tags = client.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "Which RNN reads MNIST-1D best?"
+
+
+def test_a_resumed_study_tags_and_describes_an_experiment_made_before(workdir):
+    client = get_client()
+    exp_id = client.create_experiment("old")  # as harness made them before: no kind, no description
+    exp = experiment().with_values({"description": "Now described"})
+    assert study_run(client, exp, "old")[0] == exp_id
+    tags = client.get_experiment(exp_id).tags
+    assert (tags["mlflow.experimentKind"], tags["mlflow.note.content"]) == ("custom_model_development", "Now described")
+    study_run(client, experiment(), "old")  # an experiment file without a description keeps the one given
+    assert client.get_experiment(exp_id).tags["mlflow.note.content"] == "Now described"
 
 
 def test_diverged_run_is_failed_and_the_study_goes_on(workdir):

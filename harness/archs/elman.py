@@ -1,5 +1,8 @@
-"""The Elman recurrence h_t = act(x_t W_ihᵀ + b + h_{t-1} W_hhᵀ) with a hand-written backward,
-for the sigmoid RNN that torch has no kernel for (`ElmanRNN`, used by `harness.archs.recurrent`).
+"""The Elman recurrence h_t = act(x_t W_ihᵀ + b + h_{t-1} W_hhᵀ) with a hand-written backward
+(`elman_scan`), `ElmanRNN` (an `nn.RNN` that runs it: the sigmoid RNN torch has no kernel for, and
+tanh / ReLU on the CPU, where torch has no fused one), and what harness's recurrent modules share:
+the `kernel` choice (`runs_harness`) and the layer-and-direction loop of torch's forward
+(`scan_layers`).
 
 The input projection of every step is one matmul, the time loop does one matmul per step forward
 and one backward (a hand-written backpropagation through time, which on a CPU stops carrying a
@@ -116,6 +119,15 @@ def elman_scan(pre: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, act: str
     return _ElmanScan.apply(pre, h0.to(pre.dtype), w_hh.to(pre.dtype), act, reverse)
 
 
+def _plain_scan(pre: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, act: str, reverse: bool = False) -> torch.Tensor:
+    """`elman_scan`'s result from out-of-place ops, autograd's to differentiate: what torch.export records."""
+    act_fn = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}[act]
+    h, states = h0, [h0] * len(pre)
+    for t in time_steps(len(pre), reverse):
+        h = states[t] = act_fn(torch.addmm(pre[t], h, w_hh.t()))
+    return torch.stack(states)
+
+
 # --- harness's recurrent modules: torch's parameters and signature, a kernel of our own ---------
 
 KERNELS = ("auto", "torch", "harness")
@@ -124,7 +136,11 @@ KERNELS = ("auto", "torch", "harness")
 def runs_harness(kernel: str, device: torch.device) -> bool:
     """Whether a module with `kernel` runs harness's scan on `device`: `auto` picks it on the CPU,
     where it measured faster than torch's per-step path (benchmarks/bench_kernels.py), and torch's
-    fused kernels (cuDNN) everywhere else."""
+    fused kernels (cuDNN) everywhere else. Never while torch.export traces the model into a graph for
+    others to load (harness.logged_model): the scan's in-place ops would go into it, and torch's own
+    kernel gives the same outputs."""
+    if torch.compiler.is_exporting():
+        return False
     return kernel == "harness" or (kernel == "auto" and device.type == "cpu")
 
 
@@ -181,9 +197,12 @@ class ElmanRNN(nn.RNN):
         if not self.runs_harness(input.device):
             return super().forward(input, hx)
 
+        # torch.export (the sigmoid RNN, which has no torch kernel): the plain recurrence
+        scan = _plain_scan if torch.compiler.is_exporting() else elman_scan
+
         def direction(x, h0, w, reverse):
             w_ih, w_hh, b_ih, b_hh = w
             pre = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-            return elman_scan(pre, h0, w_hh, self.nonlinearity, reverse)
+            return scan(pre, h0, w_hh, self.nonlinearity, reverse)
 
         return scan_layers(self, input, hx, direction)

@@ -10,7 +10,9 @@ budget-limited, gradient-flow rate; and the search's trial counts); the plots; t
 trials; the trials that did not finish; published references beside harness's numbers; and how to
 reproduce it. `runs` reads MLflow, `study` and `stats` compute, `tables` and `plots` render, this
 module writes the markdown. Files are written beside the old ones and renamed over them at the
-end, so a generation that fails leaves the previous report whole.
+end, so a generation that fails leaves the previous report whole. The one thing written back to
+MLflow: once the report is written, the headline becomes the study run's description
+(`mlflow.note.content`), so the UI answers the study's question where the runs are.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from harness.config import masked, tracking_uri
 from harness.errors import HarnessError
@@ -188,12 +191,13 @@ def _write(s: studies.Study, out: Path, client) -> Path:
                             [k for k in counts.index if k not in ("complete", "pruned", "failed", "interrupted")])
     baseline = num(s.runs, "params.task_baseline").dropna()
     io = s.runs.iloc[0].get("params.task_io", "?")
+    answer = headline(s)
     with staged(out) as tmp:
         made = draw_plots(s, tmp, client, study)
         lines = [f"# Study `{study}`", ""]
         if s.tags.get("harness.description"):
             lines += [f"*{s.tags['harness.description']}*", ""]
-        lines += [headline(s), "",
+        lines += [answer, "",
                   f"Task `{s.task}` ({io}); metric `{s.metric}` ({'higher' if s.maximize else 'lower'} is better); "
                   f"{len(s.runs)} search trial{'s' * (len(s.runs) != 1)} ({', '.join(f'{n} {k}' for k, n in states.items())}), "
                   f"{len(s.finals)} final runs."]
@@ -214,6 +218,8 @@ def _write(s: studies.Study, out: Path, client) -> Path:
             lines += ["## Published references", "", references_md(s), ""]
         lines += ["## Reproduction", "", *reproduction(s), ""]
         (tmp / f"{study}.md").write_text("\n".join(lines))
+    if s.tags.get("_run_id") and s.tags.get(MLFLOW_RUN_NOTE) != answer:  # in step with the report, written once
+        client.set_tag(s.tags["_run_id"], MLFLOW_RUN_NOTE, answer)
     return out / f"{study}.md"
 
 

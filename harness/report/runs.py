@@ -90,13 +90,14 @@ def state(runs: pd.DataFrame) -> pd.Series:
 
 def study_tags(study: str, client: MlflowClient) -> dict[str, str]:
     """The tags of the study's own (parent) run (e.g. `harness.edges`, `harness.repro.*`), with its
-    `_start_time` / `_end_time` (ms) and the experiment's description as `harness.description`."""
+    `_run_id`, `_start_time` / `_end_time` (ms) and the experiment's description as
+    `harness.description`."""
     runs = study_runs(study, client, role="study")
     if runs.empty:
         return {}
     row = runs.iloc[0]
     tags = {k.removeprefix("tags."): v for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
-    times = {k: str(int(row[k])) for k in ("start_time", "end_time") if pd.notna(row.get(k))}
+    times = {"run_id": row["run_id"]} | {k: str(int(row[k])) for k in ("start_time", "end_time") if pd.notna(row.get(k))}
     description = row.get("params.description")
     return tags | {f"_{k}": v for k, v in times.items()} | ({"harness.description": description} if isinstance(description, str) and description else {})
 

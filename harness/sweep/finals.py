@@ -87,7 +87,8 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
             fexp = base.with_values({"train.seed": seed, "train.device": device})
             tags = {"harness.role": "final", "harness.stage": "final", "harness.study": exp.name, "harness.source_trial": t.number,
                     "harness.config": config, "harness.seed": seed, "harness.repeat": i + 1, "harness.worker": token}
-            tracked = MlflowRun(client, plan.exp_id, fexp, name=f"{run_name(fexp)}-final-s{seed}", tags=tags, parent=plan.parent_run)
+            tracked = MlflowRun(client, plan.exp_id, fexp, name=f"{run_name(fexp)}-final-s{seed}", tags=tags,
+                                parent=plan.parent_run, mlflow_model=True)
             with machine_lock(tracking_uri()):  # check and claim as one step for this machine's commands
                 held = _taken(client, plan).get((config, str(seed)))
                 if held is None:
