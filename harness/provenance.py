@@ -8,16 +8,54 @@ report can read `PREFIX` without it."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import platform
 import shlex
+import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import Experiment, masked
 
+if TYPE_CHECKING:
+    import torch
+
 PREFIX = "harness.repro."
 
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the harness checkout this code runs from (`+dirty` with local changes),
+    or None when harness is not run from its own git checkout (e.g. installed from a wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        if top.returncode or Path(top.stdout.split()[0]).resolve() != root:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+    return top.stdout.split()[1] + ("+dirty" if dirty else "")
+
+
+def device_name(dev: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (Linux) or architecture."""
+    if dev.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(dev)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or dev.type
 
 def command_line(argv: list[str]) -> str:
     """The command as typed, every database URL in it with its password masked (`--storage URL`
@@ -48,7 +86,6 @@ def study_tags(exp: Experiment, storage: str, devices: list[str], source: dict[s
     import optuna
     import torch
 
-    from harness.tracking import device_name, git_commit
 
     tags = {
         "git_commit": git_commit() or "not a git checkout",

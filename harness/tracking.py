@@ -34,12 +34,9 @@ ends, never per optimiser step.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
-import platform
-import subprocess
 import tempfile
 import time
 import warnings
@@ -60,6 +57,7 @@ from harness.errors import Diverged, Pruned
 from harness.gradflow import GradFlow
 from harness.gradflow import write as write_gradflow
 from harness.logged_model import log_model
+from harness.provenance import device_name, git_commit
 from harness.tasks import Task, task_defaults
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
@@ -170,36 +168,6 @@ def run_name(exp: Experiment, number: int | None = None) -> str:
     hidden = exp.model.overrides().get("hidden_size")
     name = exp.model.arch + (f"-h{hidden}" if hidden else "")
     return name if number is None else f"{name}-#{number}"
-
-
-@functools.cache
-def git_commit() -> str | None:
-    """The commit of the harness checkout this code runs from (`+dirty` with local changes),
-    or None when harness is not run from its own git checkout (e.g. installed from a wheel)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        if top.returncode or Path(top.stdout.split()[0]).resolve() != root:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-    return top.stdout.split()[1] + ("+dirty" if dirty else "")
-
-
-def device_name(dev: torch.device) -> str:
-    """The GPU's name, or the CPU's model name (Linux) or architecture."""
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or dev.type
 
 
 def run_tags(dev: torch.device, hashes: dict[str, str]) -> dict[str, str]:
