@@ -2,8 +2,9 @@
 report's "Reproduction" section reads back (tags `harness.repro.*`): the exact command, the
 experiment file and its SHA-256, the harness commit, the versions of torch, MLflow, Optuna and
 Python, the devices, the date and the storage (password masked); plus the experiment's published
-references (`harness.references`, JSON). Torch is imported only when the tags are written, so the
-report can read `PREFIX` without it."""
+references (`harness.references`, JSON); and what every run records of where it ran (`git_commit`,
+`device_name`). Torch is imported only when the tags are written, so the report can read `PREFIX`
+without it."""
 
 from __future__ import annotations
 
