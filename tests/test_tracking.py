@@ -78,7 +78,7 @@ def test_trial_run_holds_every_key(workdir):
     assert p["model.arch"] == "brnn" and p["model.hidden_size"] == "12" and p["train.clip_norm"] == "1.0"
     assert p["task.val_size"] == "0.1" and p["train.device"] == "cpu" and p["tracking.grad_stats_every"] == "3"
     assert p["n_params"] == str(count_params(model)) and p["flops_per_sample"] == str(model.flops(40))
-    assert p["kernel"] == "aten"  # nn.RNN runs torch's per-step path on the CPU
+    assert p["kernel"] == "harness"  # the Elman RNN runs harness's scan on the CPU
     # Tags: where and on which data it ran.
     t = data.tags
     assert t["torch_version"] == torch.__version__ and t["device"] == device_name(torch.device("cpu"))
