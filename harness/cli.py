@@ -221,9 +221,13 @@ def _ui(args) -> int:
         from mlflow.tracking import MlflowClient
 
         urls = study_urls(MlflowClient(tracking_uri=uri), base, args.study)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    # One worker and no job runner: the UI serves one user, and MLflow's job runner (a dozen processes,
+    # seconds of CPU at start) only serves GenAI features harness does not use.
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
+           "--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     print(f"MLflow UI on {base} over {masked(uri)} (Ctrl-C stops)", *urls, sep="\n", flush=True)
-    return serve(cmd)  # the server and its workers end with this command, even on SIGKILL (harness.ui)
+    return serve(cmd, env)  # the server and its workers end with this command, even on SIGKILL (harness.ui)
 
 
 COMMANDS = {"list": _list, "run": _run, "sweep": _sweep, "report": _report, "ui": _ui}

@@ -86,9 +86,11 @@ def check_port(port: int) -> None:
             raise HarnessError(f"--port: 127.0.0.1:{port} cannot be used ({e.strerror}); choose another --port") from None
 
 
-def serve(cmd: list[str]) -> int:
-    """Run `cmd` (the server) under a keeper until it ends or this process does; its exit code."""
-    keeper = subprocess.Popen([sys.executable, "-m", "harness.ui", *cmd], stdin=subprocess.PIPE, start_new_session=True)
+def serve(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Run `cmd` (the server, with environment `env`) under a keeper until it ends or this process
+    does; its exit code."""
+    keeper = subprocess.Popen([sys.executable, "-m", "harness.ui", *cmd], stdin=subprocess.PIPE, start_new_session=True,
+                              env=env)
     try:
         return keeper.wait()
     finally:  # Ctrl-C, or an error: the keeper stops the server (a kill closes the pipe all the same)

@@ -197,7 +197,7 @@ def _start_ui(workdir) -> tuple[subprocess.Popen, int, list[psutil.Process]]:
     else:
         raise AssertionError("the UI never answered")
     started = psutil.Process(proc.pid).children(recursive=True)
-    assert len(started) >= 3  # the keeper, mlflow ui, uvicorn (and MLflow's job runner …)
+    assert len(started) >= 3  # the keeper, mlflow ui, uvicorn (and its workers)
     return proc, port, started
 
 
@@ -214,7 +214,7 @@ def test_the_ui_leaves_nothing_behind_when_it_is_stopped(workdir, sig):
     proc, port, started = _start_ui(workdir)
     try:
         os.kill(proc.pid, sig)
-        gone, alive = psutil.wait_procs(started, timeout=15)
+        gone, alive = psutil.wait_procs(started, timeout=30)  # the keeper's grace is 5 s; a loaded machine is slow
         assert not alive, [p.cmdline() for p in alive]
         assert _refused(port)
         assert proc.wait(timeout=15) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)

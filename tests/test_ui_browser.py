@@ -108,8 +108,8 @@ def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, caps
 
         started = psutil.Process(proc.pid).children(recursive=True)  # all of them, the server's workers up
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the command stops the server and every process it started
-        assert proc.wait(timeout=30) == 130
-        assert not psutil.wait_procs(started, timeout=15)[1]
+        assert proc.wait(timeout=60) == 130
+        assert not psutil.wait_procs(started, timeout=30)[1]
     finally:  # whatever the outcome, nothing of this test keeps running
         for p in started:
             try:
