@@ -1,7 +1,8 @@
 """`harness ui`: the MLflow UI as processes that cannot outlive the command, however it ends.
 
-`mlflow ui` is a dozen processes (the CLI, uvicorn and its workers, MLflow's job runner and its
-huey consumers), and no process can clean up after a SIGKILL of its own. So the command stays a
+`mlflow ui` is several processes (the CLI, uvicorn and its workers; MLflow's job runner and its
+huey consumers too, unless turned off, as `harness ui` does), and no process can clean up after a
+SIGKILL of its own. So the command stays a
 small supervisor and the server lives one step away:
 
     harness ui ──pipe──▶ keeper (its own session and process group) ──▶ mlflow ui and children
