@@ -44,13 +44,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from harness.provenance import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {"quickstart": "quickstart", "seed": "seed_fashion_lstm"}  # shape name → experiment file
@@ -249,18 +250,11 @@ def launch(args: argparse.Namespace, settings: dict, allow_rnn: bool) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
 
 def main(args: argparse.Namespace) -> int:
     archs = args.archs.split(",")
     cases = [(a, sh) for a in archs for sh in SHAPES] if args.all_shapes else [(a, HOME_SHAPE.get(a, "quickstart")) for a in archs]
-    print(f"torch.compile (mode {args.mode}) against eager, training step on the CPU ({_cpu()}, {args.threads} thread(s)); "
+    print(f"torch.compile (mode {args.mode}) against eager, training step on the CPU ({device_name()}, {args.threads} thread(s)); "
           f"{args.rounds} rounds × {args.steps} steps after {args.warmup} warm-up steps; each case in a fresh process, "
           f"cold inductor cache\n")
     print("| arch | shape | runner | step ms | eager ÷ runner | cold compile s | trial est. s | compile ÷ trial "

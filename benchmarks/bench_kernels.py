@@ -20,7 +20,6 @@ harness and fp32 / bf16 per model. Nothing is asserted: on a shared machine read
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from harness.archs import create_model
 from harness.precision import DTYPES, autocast, native_bf16_cpu
+from harness.provenance import device_name
 from harness.speed import device_peak_gflops
 
 SHAPES = {  # name: (batch, steps, inputs, hidden)
@@ -117,7 +117,7 @@ def main() -> None:
         for p in precisions:  # the peak, interleaved with the steps it divides
             peaks[p].append(device_peak_gflops(CPU, DTYPES[p], seconds=0.1))
     peak = {p: max(v) for p, v in peaks.items()}
-    cpu = platform.processor() or platform.machine()
+    cpu = device_name()
     print(f"torch {torch.__version__}, {cpu}, {args.threads} thread(s), {args.rounds} rounds × {args.steps} steps; "
           "matmul peak " + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peak.items()))
     print(f"{'shape':11s} {'model':12s} {'prec':5s} {'step ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -209,12 +208,11 @@ def _median(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}}" if values else "–"
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+
+def cpu_name() -> str:
+    from harness.provenance import device_name  # here: the Keras worker's environment need not hold harness
+
+    return device_name()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -225,7 +223,7 @@ def main(args: argparse.Namespace) -> int:
         n, exp = export(args, data)
         print(f"seed-lstm on {exp['task']['name']}: {n} training examples, {args.epochs} epochs (throughput over "
               f"epochs 2..{args.epochs}), batch {exp['train']['batch_size']}, Adam lr {exp['train']['lr']}; "
-              f"{args.threads} intra-op thread(s), {_cpu()}, {os.cpu_count()} cores; {args.rounds} round(s)\n")
+              f"{args.threads} intra-op thread(s), {cpu_name()}, {os.cpu_count()} cores; {args.rounds} round(s)\n")
         print("| round | configuration | train samples/s | epoch samples/s | cpu | test accuracy | trial s | after s | precision |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in range(args.rounds):

@@ -32,7 +32,6 @@ denormals); `--flush-denormal` shows every runner without that cost.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs.recurrent import ElmanRNN
+from harness.provenance import device_name
 
 
 @dataclass
@@ -172,13 +172,6 @@ def _median(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
     return f"{statistics.median(values) * scale:{fmt}}" if values else "–"
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -198,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--flush-denormal: this CPU cannot flush denormals")
     torch.manual_seed(0)
 
-    print(f"torch {torch.__version__}, {_cpu()}, {torch.get_num_threads()} thread(s); "
+    print(f"torch {torch.__version__}, {device_name()}, {torch.get_num_threads()} thread(s); "
           f"denormals {'flushed to zero' if args.flush_denormal else 'kept (torch default)'}; "
           f"B={args.batch}, H={args.hidden}; {args.warmup} warm-up calls, {args.rounds} timed rounds\n")
     print("| T × I | loss on | runner | forward+backward ms: mean ± std | median | × nn.RNN tanh: mean ± std | median | note |")

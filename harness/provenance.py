@@ -44,9 +44,11 @@ def git_commit() -> str | None:
     return top.stdout.split()[1] + ("+dirty" if dirty else "")
 
 
-def device_name(dev: torch.device) -> str:
-    """The GPU's name, or the CPU's model name (Linux) or architecture."""
-    if dev.type == "cuda":
+def device_name(dev: torch.device | str = "cpu") -> str:
+    """The GPU's name, or the CPU's model name (Linux) or architecture (`dev` a device or its type:
+    a benchmark's parent process names its CPU without importing torch)."""
+    kind = dev if isinstance(dev, str) else dev.type
+    if kind == "cuda":
         import torch
 
         return torch.cuda.get_device_name(dev)
@@ -56,7 +58,7 @@ def device_name(dev: torch.device) -> str:
                 return line.partition(":")[2].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or dev.type
+    return platform.processor() or platform.machine() or kind
 
 def command_line(argv: list[str]) -> str:
     """The command as typed, every database URL in it with its password masked (`--storage URL`
