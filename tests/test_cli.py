@@ -181,11 +181,18 @@ def test_ui_serves_the_tracking_store_on_localhost(workdir):
         proc.wait(timeout=30)
 
 
+def ctrl_c_reaches_it() -> None:
+    """For `preexec_fn`: SIGINT handled as a terminal's Ctrl-C is. A test run started in the background
+    by a non-interactive shell inherits SIGINT ignored, and so would every command it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_ui(workdir) -> tuple[subprocess.Popen, int, list[psutil.Process]]:
     """`harness ui` on a free port, once the port answers; with every process it started."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port)], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=ctrl_c_reaches_it)
     deadline = time.time() + 90
     while time.time() < deadline:
         try:

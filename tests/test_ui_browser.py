@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from harness.report import write_report
 from harness.sweep import run
 from tests.conftest import REPO
+from tests.test_cli import ctrl_c_reaches_it
 from tests.test_sweep import EXPERIMENT, load
 
 CHROMIUM = shutil.which("chromium")
@@ -63,7 +64,7 @@ def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, caps
     log = workdir / "ui.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "tiny", "--port", str(port)], cwd=workdir,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=ctrl_c_reaches_it)
     started: list[psutil.Process] = []
     try:
         deadline = time.time() + 120
