@@ -480,8 +480,9 @@ def running_trial_runs() -> list:
     return client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and tags.`harness.role` = 'trial'")
 
 
-# Long enough that a kill lands mid-trial: 6 epochs of 512 sequences.
-SLOW = ["--set", "task.n_train=512", "--set", "train.epochs=6", "--set", "model.hidden_size=16"]
+# Long enough that a kill lands mid-trial: 12 epochs of 512 sequences (harness's own GRU kernel
+# made 6 too quick for a test to see the first trial running).
+SLOW = ["--set", "task.n_train=512", "--set", "train.epochs=12", "--set", "model.hidden_size=16"]
 
 
 @pytest.mark.slow
