@@ -187,6 +187,17 @@ def ctrl_c_reaches_it() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def kill_all(proc: subprocess.Popen, started: list[psutil.Process]) -> None:
+    """Kill a command and every process it started, whichever are still there."""
+    for p in started:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+
+
 def _start_ui(workdir) -> tuple[subprocess.Popen, int, list[psutil.Process]]:
     """`harness ui` on a free port, once the port answers; with every process it started."""
     port = _free_port()
@@ -226,13 +237,7 @@ def test_the_ui_leaves_nothing_behind_when_it_is_stopped(workdir, sig):
         assert _refused(port)
         assert proc.wait(timeout=15) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
     finally:  # whatever the outcome, nothing of this test keeps running
-        for p in started:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if proc.poll() is None:
-            proc.kill()
+        kill_all(proc, started)
 
 
 def test_the_keeper_exits_with_the_servers_code_when_the_server_stops_on_its_own():

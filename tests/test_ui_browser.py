@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from harness.report import write_report
 from harness.sweep import run
 from tests.conftest import REPO
-from tests.test_cli import ctrl_c_reaches_it
+from tests.test_cli import ctrl_c_reaches_it, kill_all
 from tests.test_sweep import EXPERIMENT, load
 
 CHROMIUM = shutil.which("chromium")
@@ -112,10 +112,4 @@ def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, caps
         assert proc.wait(timeout=60) == 130
         assert not psutil.wait_procs(started, timeout=30)[1]
     finally:  # whatever the outcome, nothing of this test keeps running
-        for p in started:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if proc.poll() is None:
-            proc.kill()
+        kill_all(proc, started)
