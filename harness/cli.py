@@ -247,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report reads each final run's file
     # Against a server MLflow prints two links for every run it ends: hundreds in a sweep's output.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's client would retry a server that is away for 4 minutes, silently: harness's own
+    # retry (harness.resilience) waits as long, backs off, and tells the outage in one line.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
     if args.command in ("run", "sweep"):
         from harness.train import flush_denormals
@@ -260,6 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a store that stayed away past harness's patience: one line, not a traceback
+        from harness.resilience import PATIENCE_S, infrastructure, reason
+
+        if not infrastructure(e):
+            raise
+        print(f"harness: error: {reason(e)} (waited {PATIENCE_S:.0f} s); run the same command again to resume", file=sys.stderr)
+        return 1
 
 
 def main_exit() -> None:

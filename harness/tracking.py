@@ -13,13 +13,15 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
 - the experiment: tagged as model training (`mlflow.experimentKind`, not a GenAI app) and
   described by the experiment file's `description` (`mlflow.note.content`);
 - tags: `harness.role` (study | trial | run), `harness.study`, `harness.trial`, `harness.state`
-  (complete | pruned | failed), on failure `harness.failure` (`diverged` or the exception's
-  type), `harness.error` and, for divergence, `harness.failure_epoch` / `harness.failure_step`;
+  (complete | pruned | failed | interrupted: Ctrl-C or a fault of the machinery, see
+  harness.resilience), on failure `harness.failure` (`diverged` or the exception's type),
+  `harness.error` and, for divergence, `harness.failure_epoch` / `harness.failure_step`;
   `harness.git_commit` (also as `mlflow.source.git.commit`), `torch_version`, `device`,
   `split_hash.<split>`; once complete, `harness.contended` (true when every epoch that sets the
   training throughput shared the cores with other work);
 - inputs: the task's train, validation and test splits as MLflow datasets (name: the task, digest:
   the split's hash, context: training | validation | test), which the UI's Dataset column shows;
+  a sweep logs them to its study run before any worker starts, so trials link existing rows;
 - metrics: per epoch (step = epoch), gradient statistics (step = optimiser step), final ones
   (step 0: the test split, speeds, the chosen checkpoint's `gradflow_rate[_bwd][_iqr]`), and
   MLflow's own `system/*` metrics;
@@ -58,6 +60,7 @@ from harness.gradflow import GradFlow
 from harness.gradflow import write as write_gradflow
 from harness.logged_model import log_model
 from harness.provenance import device_name, git_commit
+from harness.resilience import Client, infrastructure, reason
 from harness.tasks import Task, task_defaults
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
@@ -67,7 +70,8 @@ PARENT_TAG = "mlflow.parentRunId"
 
 
 def get_client() -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri())
+    """A client of the tracking store whose calls wait out the store's outages (harness.resilience)."""
+    return Client(tracking_uri=tracking_uri())
 
 
 # An experiment of model training, not a GenAI app (traces, tokens), as MLflow 3's UI records it
@@ -282,15 +286,18 @@ def failure_tags(e: BaseException) -> tuple[dict[str, Any], str]:
     """The tags and final status of a run that ended with `e`."""
     if isinstance(e, Pruned):
         return {"harness.state": "pruned"}, "KILLED"
+    if isinstance(e, KeyboardInterrupt) or infrastructure(e):  # not the configuration's doing
+        return {"harness.state": "interrupted", "harness.failure": type(e).__name__, "harness.error": reason(e)}, "KILLED"
     tags = {"harness.state": "failed", "harness.error": str(e) or repr(e)}
     if isinstance(e, Diverged):
         return tags | {"harness.failure": "diverged", "harness.failure_epoch": e.epoch, "harness.failure_step": e.step}, "FAILED"
-    return tags | {"harness.failure": type(e).__name__}, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+    return tags | {"harness.failure": type(e).__name__}, "FAILED"
 
 
 def end_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
-    """End a run that is still RUNNING as `error` ends one (KILLED for Ctrl-C, FAILED with the
-    reason otherwise): for a run opened before training that failed before the loop began."""
+    """End a run that is still RUNNING as `error` ends one (KILLED for Ctrl-C or a fault of the
+    machinery, FAILED with the reason otherwise): for a run opened before training that failed
+    before the loop began."""
     if client.get_run(run_id).info.status == "RUNNING":
         tags, status = failure_tags(error)
         set_tags(client, run_id, tags)
@@ -314,6 +321,7 @@ class MlflowRun(Callback):
         self.monitor = None
         self.params: dict[str, Any] = {}
         self.inputs: list[DatasetInput] = []
+        self.buffer: MetricBuffer | None = None  # from the loop's start; a run can fail before it
 
     def open(self) -> str:
         """Create the run now (RUNNING, its tags only), before training: e.g. to claim work that
@@ -363,7 +371,8 @@ class MlflowRun(Callback):
             self._end(*failure_tags(error))
 
     def _write(self, result: TrialResult, model: torch.nn.Module | None) -> None:
-        self.buffer.flush(force=True)
+        if self.buffer is not None:
+            self.buffer.flush(force=True)
         write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
                         best_epoch=result.best_epoch if model is not None else 0, flow=result.gradflow, model=model,
                         test_per_example=result.test_per_example if model is not None else ())

@@ -20,8 +20,8 @@ instead). `train.precision` runs every forward, training and evaluation, under i
 from __future__ import annotations
 
 import copy
+import sys
 import time
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -131,8 +131,9 @@ def fit(
             for cb in callbacks:
                 try:  # the run's own failure is the one to raise
                     cb.on_fit_failure(e, result)
-                except Exception as cb_error:
-                    warnings.warn(f"{type(cb).__name__}.on_fit_failure failed: {cb_error}", stacklevel=2)
+                except Exception as cb_error:  # one line: the run's own error follows with its context
+                    text = " ".join(str(cb_error).split())[:300] or type(cb_error).__name__
+                    print(f"harness: {type(cb).__name__} could not record the run's end ({text})", file=sys.stderr)
         raise
     for cb in callbacks:
         cb.on_fit_end(result)

@@ -49,40 +49,65 @@ def pg_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+class PgServer:
+    """A throw-away PostgreSQL server on 127.0.0.1 with its own data directory, from Debian's
+    binaries: `start`, `stop` (and start again: a restart), `createdb(name)` → its URL, `remove`.
+    As root it runs the server as the `postgres` user, which PostgreSQL requires."""
+
+    def __init__(self, bin_dir: Path):
+        self.bin = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's tmp: the server user must reach it
+        self.data, self.port = self.root / "data", free_port()
+        self.as_server = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.root, "postgres")
+            self.as_server = ["runuser", "-u", "postgres", "--"]
+        self.pg("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def pg(self, program: str, *args: str) -> None:
+        subprocess.run([*self.as_server, str(self.bin / program), *args], check=True, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> None:
+        self.pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60",
+                "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: connections are cut, as in a restart or a failover)."""
+        if (self.data / "postmaster.pid").exists():
+            self.pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def createdb(self, name: str) -> str:
+        self.pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def remove(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres():
-    """A throw-away PostgreSQL server on 127.0.0.1 with its own data directory, stopped after the
-    session: `postgres(name)` creates database `name` and returns its URL. As root it runs the
-    server as the `postgres` user, which PostgreSQL requires. Off CI a machine without the
-    server binaries skips the tests that use it; CI installs them (.ci/run) and runs them."""
+def pg_binaries() -> Path:
+    """The folder of Debian's PostgreSQL server binaries. Off CI a machine without them skips
+    the tests that use it; CI installs them (.ci/run) and runs them."""
     bin_dir = pg_bin()
     if bin_dir is None:
         assert not os.environ.get("CI"), "CI must install Debian's postgresql (see .ci/run)"
         pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's tmp: the server user must reach it
-    data, port = root / "data", free_port()
-    as_server = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres")
-        as_server = ["runuser", "-u", "postgres", "--"]
+    return bin_dir
 
-    def pg(*args: str) -> None:
-        subprocess.run([*as_server, *args], check=True, capture_output=True, text=True, timeout=120)
 
-    def createdb(name: str) -> str:
-        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
-        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
-
+@pytest.fixture(scope="session")
+def postgres(pg_binaries):
+    """The session's PostgreSQL server, stopped after the session: `postgres(name)` creates
+    database `name` and returns its URL."""
+    server = PgServer(pg_binaries)
     try:
-        pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
-        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
-           "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off", "start")
-        yield createdb
+        server.start()
+        yield server.createdb
     finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*as_server, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture(scope="module")

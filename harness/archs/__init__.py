@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import os
 import pkgutil
 import re
@@ -52,6 +53,8 @@ import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+import psutil
+import torch
 from torch import nn
 
 from harness.errors import HarnessError
@@ -178,6 +181,39 @@ def model_options(fn) -> list[str] | None:
     return None if names is None else [n for n in names if n not in CONTRACT]
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} EiB"
+
+
+def _check_fits(name: str, fn, args: dict, overrides: dict) -> None:
+    """Refuse, in one line, a model whose fp32 weights and gradients (the least that training
+    holds) exceed this machine's memory: it is built first on torch's meta device, which
+    allocates nothing and draws no random numbers. A factory the meta device cannot run is let be."""
+    total = psutil.virtual_memory().total
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in fn(**args).parameters())
+        need = 8 * n
+    except RuntimeError as e:  # torch's int64 byte count of one tensor overflowed
+        m = re.search(r"overflowed with sizes=\[([\d, ]+)\]", str(e))
+        if not m:
+            return
+        n, need = None, 4 * math.prod(int(d) for d in m[1].split(","))
+    except Exception:
+        return
+    if need <= total:
+        return
+    sizes = [f"model.{k}={v}" for k, v in overrides.items() if isinstance(v, int) and not isinstance(v, bool)]
+    what = f"{n:.3g} parameters need {_size(need)} for fp32 weights and gradients" if n else \
+        f"one weight tensor needs {_size(need)}"
+    raise HarnessError(f"{', '.join(sizes) or f'model.arch={name}'}: {name}'s {what}, more than this machine's "
+                       f"{_size(total)} of memory; choose a smaller {' or '.join(s.split('=')[0] for s in sizes) or 'model'}")
+
+
 def create_model(
     name: str, *, input_size: int, output_size: int, io: str, seq_len: int = 1, **overrides
 ) -> nn.Module:
@@ -195,8 +231,10 @@ def create_model(
             if key not in options:
                 takes = f"it takes {', '.join(options)}" if options else "it takes no options"
                 raise HarnessError(f"model.{key}: architecture {name!r} takes no option {key!r}; {takes}")
+    args = dict(input_size=input_size, output_size=output_size, io=io, seq_len=seq_len, **overrides)
     try:
-        model = fn(input_size=input_size, output_size=output_size, io=io, seq_len=seq_len, **overrides)
+        _check_fits(name, fn, args, overrides)
+        model = fn(**args)
     except TypeError as e:  # a factory with **kwargs that passes an unknown one on
         m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if m and m[1] in overrides:

@@ -27,6 +27,11 @@ Promises:
   the worker ran on this machine (its process is gone), after the heartbeat grace period
   otherwise (RDB storages) — and its MLflow run is closed FAILED (`harness.failure=worker_lost`);
   no run of the study is left RUNNING by a sweep that ends;
+- a fault of the machinery (a store, the network, the file system) is never a configuration's
+  result: a call waits out a store's outage (harness.resilience: each outage told in one line), and
+  a trial one ends anyway is interrupted and queued again (`MAX_RETRY` times a sweep; a grid point
+  still missing is queued by the next sweep); the splits' dataset rows are made once, on the
+  study's run, before any worker starts, so workers never race to create them;
 - Ctrl-C (or SIGTERM) fails the running trials, ends their runs KILLED and leaves the storage
   consistent; the next run of the command resumes;
 - multi-objective studies tag their Pareto-optimal trial runs `harness.pareto=true`;
@@ -52,7 +57,7 @@ from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
 from harness.precision import check_precision
 from harness.sweep import grid, workers
-from harness.sweep.counting import SURPLUS
+from harness.sweep.counting import SURPLUS, interrupted
 from harness.sweep.finals import FinalRun, best_per_arch, run_finals
 from harness.sweep.objective import Objective, Plan, objectives
 from harness.sweep.pareto import tag_pareto
@@ -62,7 +67,7 @@ from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
 from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler, precisions
 from harness.sweep.storage import machine_lock, make_storage, masked, resolve_storage
 from harness.tasks import load_task
-from harness.tracking import find_runs, get_client, set_tags, study_run
+from harness.tracking import dataset_inputs, find_runs, get_client, set_tags, study_run
 
 __all__ = ["SweepOutcome", "run"]
 
@@ -93,9 +98,10 @@ class SweepOutcome:
 
     def lines(self) -> list[str]:
         """What the command prints at the end: counts, best or Pareto front, final runs."""
-        trials = self.study.get_trials(deepcopy=False)
-        count = {s: sum(t.state == s and not t.user_attrs.get(SURPLUS) for t in trials) for s in TrialState}
-        parts = [f"{count[s]} {s.name.lower()}" for s in TrialState if count[s]]
+        trials = [t for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
+        count = {s.name.lower(): sum(t.state == s and not interrupted(t) for t in trials) for s in TrialState}
+        count["interrupted"] = sum(map(interrupted, trials))  # by the machinery: run again, never a result
+        parts = [f"{n} {state}" for state, n in count.items() if n]
         out = [f"study {self.study.study_name!r} ({masked(self.storage)}): {', '.join(parts) or 'no trials'}"]
         objs = self.objectives
 
@@ -108,7 +114,7 @@ class SweepOutcome:
         if len(objs) > 1 and self.pareto:
             out.append(f"Pareto front ({len(self.pareto)} trials, tagged harness.pareto=true):")
             out += [describe(t) for t in sorted(self.pareto, key=lambda t: t.number)]
-        elif len(objs) == 1 and count[TrialState.COMPLETE]:
+        elif len(objs) == 1 and count["complete"]:
             out.append(f"best {objs[0]}:")
             out.append(describe(self.study.best_trial))
         if self.edges:
@@ -160,6 +166,8 @@ def run(
         client = get_client()
         exp_id, parent = parent_run(client, exp, url)
         set_tags(client, parent, provenance.study_tags(exp, url, [s.device for s in slots], source))
+        # The splits' dataset rows, made once here: workers starting together then only link them.
+        client.log_inputs(parent, datasets=dataset_inputs(task, task.split_hashes()))
     if notice:  # after the checks: a bad input's error stays the one line printed
         print(f"harness: {notice}", file=sys.stderr)
     status, pareto, finals, edge = "FAILED", [], [], []

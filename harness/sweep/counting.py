@@ -1,6 +1,7 @@
 """Which trials count toward a study's `n_trials`: those that ended (complete, pruned, or failed
 by their own error). A trial started beyond the count, or a second copy of a grid point, stops
-before training, marked `harness_surplus`, and never counts."""
+before training, marked `harness_surplus`, and never counts; nor does a trial a fault of the
+machinery ended (`interrupted`): it is run again."""
 
 from __future__ import annotations
 
@@ -8,13 +9,30 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 SURPLUS = "harness_surplus"  # the user attribute of a trial that never ran and never counts
+INTERRUPTED = "interrupted"  # the user attribute of a trial a store, the network or the file system ended: why
+MAX_RETRY = 2  # times a trial that did not end (its worker died, or it was interrupted) is queued again
+# How trials interrupted by the machinery read in studies from before harness told them apart.
+_MACHINERY_ERRORS = ("MlflowException:", "StorageInternalError:", "OperationalError:", "IntegrityError:", "ConnectionError:")
+
+
+def interrupted(t: FrozenTrial) -> bool:
+    """Whether a failed trial was ended by the machinery (harness.resilience), not by its configuration."""
+    return t.state == TrialState.FAIL and (INTERRUPTED in t.user_attrs or
+                                           str(t.user_attrs.get("error", "")).startswith(_MACHINERY_ERRORS))
 
 
 def ended(t: FrozenTrial) -> bool:
     """Whether a trial counts toward `n_trials`: complete, pruned, or failed by its own error (a
-    diverging configuration is a result). A trial lost with its worker, stopped by Ctrl-C or
-    started beyond the count did not end: it is run again."""
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "error" in t.user_attrs)
+    diverging configuration is a result). A trial lost with its worker, interrupted (Ctrl-C, a
+    store that did not answer) or started beyond the count did not end: it is run again."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and "error" in t.user_attrs and not interrupted(t)
+
+
+def retries_spent(t: FrozenTrial) -> bool:
+    """Whether `t` is the last retry of its trial (`MAX_RETRY` retries before it)."""
+    return len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY
 
 
 class Surplus(Exception):

@@ -5,7 +5,8 @@ The seeds are `train.seed + 1000 + i` (i < `sweep.repeat`), the same for every a
 families can be compared seed by seed (paired), and never used in the search. A final run is
 tagged with its configuration (`harness.config`, a hash of the trial's parameters) and seed and
 claimed before it trains, so however many commands run the repeats, each (configuration, seed)
-is trained once; the report also keeps one run per (configuration, seed).
+is trained once; the report also keeps one run per (configuration, seed). A final run that a
+fault of the machinery interrupted is trained again (`MAX_RETRY` times), as a search's trial is.
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ import hashlib
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment, tracking_uri
+from harness.resilience import infrastructure, reason
 from harness.runner import run_trial
 from harness.sweep import workers
+from harness.sweep.counting import MAX_RETRY
 from harness.sweep.objective import Objective, Plan, objective_value
 from harness.sweep.storage import machine_lock, make_storage
 from harness.tracking import MlflowRun, end_failed, find_runs, get_client, run_name
 
 SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds
+BACKOFF_S = 2.0  # the wait before a final run the machinery interrupted trains again (doubling)
 
 
 @dataclass
@@ -82,33 +87,42 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
     for arch, t in best_per_arch(study, exp, obj).items():
         base, config = exp.with_values(t.params), config_hash(t.params)
         for i, seed in enumerate(final_seeds(exp, k)):
-            if workers.stop_requested():
-                raise KeyboardInterrupt("stop requested")
-            fexp = base.with_values({"train.seed": seed, "train.device": device})
-            tags = {"harness.role": "final", "harness.stage": "final", "harness.study": exp.name, "harness.source_trial": t.number,
-                    "harness.config": config, "harness.seed": seed, "harness.repeat": i + 1, "harness.worker": token}
-            tracked = MlflowRun(client, plan.exp_id, fexp, name=f"{run_name(fexp)}-final-s{seed}", tags=tags,
-                                parent=plan.parent_run, mlflow_model=True)
-            with machine_lock(tracking_uri()):  # check and claim as one step for this machine's commands
-                held = _taken(client, plan).get((config, str(seed)))
-                if held is None:
-                    tracked.open()
-            if held is not None:
-                if held.info.status == "FINISHED":
-                    m = held.data.metrics
-                    out.append(FinalRun(arch, config, t.number, seed, m.get(f"best_{obj.key}", m.get(obj.key, math.nan)),
-                                        m.get(f"test_{plan.metric}", math.nan), held.info.run_id))
-                continue
-            try:
-                result = run_trial(fexp, [tracked, workers.StopOnSignal()])
-            except BaseException as e:  # ended by its run once training began; before that, here
-                end_failed(client, tracked.run_id, e)
-                if not isinstance(e, Exception):
-                    raise
-                print(f"harness: final run of {arch} (trial #{t.number}) seed {seed} failed: {e}", file=sys.stderr)
-                continue
-            out.append(FinalRun(arch, config, t.number, seed, objective_value(result, obj.key), result.test_metric,
-                                tracked.run_id))
+            for attempt in range(MAX_RETRY + 1):  # a run the machinery interrupted is trained again
+                if workers.stop_requested():
+                    raise KeyboardInterrupt("stop requested")
+                fexp = base.with_values({"train.seed": seed, "train.device": device})
+                tags = {"harness.role": "final", "harness.stage": "final", "harness.study": exp.name,
+                        "harness.source_trial": t.number, "harness.config": config, "harness.seed": seed,
+                        "harness.repeat": i + 1, "harness.worker": token}
+                tracked = MlflowRun(client, plan.exp_id, fexp, name=f"{run_name(fexp)}-final-s{seed}", tags=tags,
+                                    parent=plan.parent_run, mlflow_model=True)
+                with machine_lock(tracking_uri()):  # check and claim as one step for this machine's commands
+                    held = _taken(client, plan).get((config, str(seed)))
+                    if held is None:
+                        tracked.open()
+                if held is not None:
+                    if held.info.status == "FINISHED":
+                        m = held.data.metrics
+                        out.append(FinalRun(arch, config, t.number, seed, m.get(f"best_{obj.key}", m.get(obj.key, math.nan)),
+                                            m.get(f"test_{plan.metric}", math.nan), held.info.run_id))
+                    break
+                try:
+                    result = run_trial(fexp, [tracked, workers.StopOnSignal()])
+                except BaseException as e:  # ended by its run once training began; before that, here
+                    end_failed(client, tracked.run_id, e)
+                    if not isinstance(e, Exception):
+                        raise
+                    again = infrastructure(e) and attempt < MAX_RETRY
+                    print(f"harness: final run of {arch} (trial #{t.number}) seed {seed} "
+                          f"{f'interrupted ({reason(e)})' if infrastructure(e) else f'failed: {e}'}"
+                          f"{'; training it again' if again else ''}", file=sys.stderr)
+                    if again:
+                        time.sleep(BACKOFF_S * 2 ** attempt)
+                        continue
+                    break
+                out.append(FinalRun(arch, config, t.number, seed, objective_value(result, obj.key), result.test_metric,
+                                    tracked.run_id))
+                break
     return out
 
 
@@ -122,11 +136,14 @@ def run_finals(plan: Plan, study: optuna.Study, slots: list[workers.Slot]) -> li
     """The final runs on every slot (one spawned worker each when there are several), then
     collected here; a run no worker finished (its worker died, or it failed) is trained here."""
     if len(slots) > 1:
-        procs = workers.spawn(slots, repeat_worker, plan)
+        procs, outages = workers.spawn(slots, repeat_worker, plan)
         try:
             for p in procs:
-                p.join()
+                while p.is_alive():
+                    p.join(2.0)
+                    workers.drain(outages)
         except KeyboardInterrupt:
             workers.stop(procs)
             raise
+        workers.drain(outages)
     return run_repeats(plan, study, plan.exp.sweep.repeat, slots[0].run_device)

@@ -7,7 +7,8 @@ a grid study samples nothing: its points are queued as Optuna trials with fixed 
 one process wins). Two commands queueing at once may queue a point twice: the lowest-numbered
 trial of a point owns it, and any other copy stops before training (`owner_elsewhere`), marked
 like a surplus trial. A resumed study queues what is missing: points never queued, or whose
-trial was lost and not re-queued.
+trial was lost or interrupted (a fault of the machinery) and not re-queued; within one sweep a
+point is retried `MAX_RETRY` times (harness.sweep.recovery), then left to the next.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment
-from harness.sweep.counting import SURPLUS, ended
+from harness.sweep.counting import SURPLUS, ended, interrupted, retries_spent
 from harness.sweep.space import arch_choices
 
 
@@ -54,16 +55,20 @@ def point_of(t: FrozenTrial) -> str | None:
     return _key(fixed) if fixed else None
 
 
-def _holds(t: FrozenTrial) -> bool:
-    """Whether a trial holds its point: queued, running, or ended (a lost or surplus one does not)."""
+def _holds(t: FrozenTrial, since: int | None = None) -> bool:
+    """Whether a trial holds its point: queued, running, or ended (a lost or surplus one does not),
+    or, when numbered `since` or later, interrupted with its retries spent."""
     if t.user_attrs.get(SURPLUS):
         return False
+    if since is not None and t.number >= since and interrupted(t) and retries_spent(t):
+        return True
     return t.state in (TrialState.WAITING, TrialState.RUNNING) or ended(t)
 
 
-def enqueue_missing(study: optuna.Study, exp: Experiment) -> int:
-    """Queue every point no trial holds; returns how many were queued."""
-    held = {point_of(t) for t in study.get_trials(deepcopy=False) if _holds(t)}
+def enqueue_missing(study: optuna.Study, exp: Experiment, since: int | None = None) -> int:
+    """Queue every point no trial holds; returns how many were queued. `since`: the first trial
+    of this sweep, whose points interrupted time after time wait for the next sweep."""
+    held = {point_of(t) for t in study.get_trials(deepcopy=False) if _holds(t, since)}
     missing = [p for p in points(exp) if _key(p) not in held]
     for p in missing:
         study.enqueue_trial(p)

@@ -4,8 +4,9 @@ callable Optuna calls once per trial.
 A trial samples its settings, trains through the runner with two callbacks (its MLflow run and
 `PruneOnSignal`, which reports each epoch to Optuna and prunes or stops), and returns its
 objective values. A configuration's own failure (diverged, out of memory) fails the trial and
-the sweep goes on; bad settings (`HarnessError`) fail it and stop the worker, through
-`TrialObjective.bad_input`.
+the sweep goes on; a fault of the machinery (a store, the network, the file system:
+harness.resilience) interrupts it, to be run again (`TrialObjective.interrupted`); bad settings
+(`HarnessError`) fail it and stop the worker, through `TrialObjective.bad_input`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import optuna
 from harness.callbacks import TrialResult
 from harness.config import Experiment
 from harness.errors import HarnessError, Pruned
+from harness.resilience import infrastructure, reason
 from harness.runner import run_trial
 from harness.sweep import grid, optuna_private, recovery, workers
-from harness.sweep.counting import SURPLUS, Surplus, is_surplus
+from harness.sweep.counting import INTERRUPTED, SURPLUS, Surplus, is_surplus
 from harness.sweep.space import suggest
 from harness.tasks import Task
 from harness.tracking import MlflowRun, SeedGroupRun, end_failed, get_client, run_name, set_tags
@@ -140,16 +142,20 @@ class PruneOnSignal(workers.StopOnSignal):
 
 class TrialObjective:
     """The Optuna objective of one worker. A `HarnessError` (bad settings) fails the trial, stops
-    the study and is kept in `bad_input` for the worker to raise once Optuna has let go."""
+    the study and is kept in `bad_input` for the worker to raise once Optuna has let go. A fault
+    of the machinery fails the trial as interrupted (user attribute `interrupted`: why), kept in
+    `interrupted` for the worker to queue it again."""
 
     def __init__(self, plan: Plan, study: optuna.Study, slot: workers.Slot):
         self.plan, self.study, self.slot = plan, study, slot
         self.client = get_client()
         self.token = workers.worker_id()
         self.bad_input: HarnessError | None = None
+        self.interrupted: tuple[optuna.Trial, str] | None = None  # the last trial's, when it was
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         plan = self.plan
+        self.interrupted = None
         if plan.exp.sweep.sampler == "grid":
             if grid.owner_elsewhere(self.study, optuna_private.frozen(self.study, trial)):
                 trial.set_user_attr(SURPLUS, True)
@@ -167,7 +173,12 @@ class TrialObjective:
             self.bad_input = e
             self.study.stop()
             raise
-        except Exception as e:  # the configuration's own failure (diverged, out of memory …): a result
+        except Exception as e:
+            if infrastructure(e):  # not the configuration's doing: it runs again
+                self.interrupted = trial, reason(e)
+                trial.set_user_attr(INTERRUPTED, reason(e))
+                raise
+            # the configuration's own failure (diverged, out of memory …): a result
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
             raise
         return values if plan.multi else values[0]

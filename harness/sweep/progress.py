@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from rich import progress as live
 from rich.console import Console
 
-from harness.sweep.counting import SURPLUS, ended
+from harness.sweep.counting import SURPLUS, ended, interrupted
 from harness.sweep.objective import Plan
 
 
@@ -33,12 +33,15 @@ class Progress:
         count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)}
         return {
             "ended": sum(ended(t) for t in trials), "complete": count[TrialState.COMPLETE], "pruned": count[TrialState.PRUNED],
-            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS) for t in trials),
+            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS) and not interrupted(t) for t in trials),
+            "interrupted": sum(interrupted(t) for t in trials),
             "running": count[TrialState.RUNNING],
         }
 
     def _stats(self, study: optuna.Study, c: dict[str, int]) -> str:
         text = f"{c['complete']} complete · {c['pruned']} pruned · {c['failed']} failed · {c['running']} running"
+        if c["interrupted"]:
+            text += f" · {c['interrupted']} interrupted"
         if c["complete"]:
             if self.plan.multi:
                 text += f" · Pareto front {len(study.best_trials)}"

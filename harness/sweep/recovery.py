@@ -1,5 +1,6 @@
-"""Lost work: trials whose worker died are failed and queued again with the same parameters,
-and MLflow runs nobody runs any more are closed FAILED (`harness.failure=worker_lost`).
+"""Lost work: trials whose worker died are failed and queued again with the same parameters (as
+are trials a fault of the machinery interrupted, `run_again`), and MLflow runs nobody runs any
+more are closed FAILED (`harness.failure=worker_lost`).
 
 A worker that ran on this machine is known dead at once (its process is gone, see
 `workers.is_gone`); one elsewhere when its heartbeat goes stale (RDB storages, `lost_trial`
@@ -16,9 +17,9 @@ from mlflow.utils import get_results_from_paginated_fn
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.sweep import optuna_private, workers
+from harness.sweep.counting import INTERRUPTED, MAX_RETRY, retries_spent
 from harness.tracking import get_client, set_tags
 
-MAX_RETRY = 2  # times a trial whose worker died is queued again
 # Optuna 5 renamed the callback; the old name still works there, with a warning.
 RETRY = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
 
@@ -41,12 +42,19 @@ def lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     if run_id:
         worker = trial.user_attrs.get("worker", "?")
         close_run(get_client(), run_id, "worker_lost", f"worker {worker} stopped during trial {trial.number}")
+    run_again(study, trial)
+
+
+def run_again(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue a trial that did not end again, with its parameters (its retry knows it: `retry_of`),
+    unless it was queued again `MAX_RETRY` times already; whether it was queued."""
     retry = copy.deepcopy(trial)
     # The retry starts clean: no run, no worker, so nothing mistakes it for the dead one.
-    retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("mlflow_run_id", "worker", "device")}
+    retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("mlflow_run_id", "worker", "device", INTERRUPTED)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         RETRY(max_retry=MAX_RETRY)(study, retry)
+    return not retries_spent(trial)
 
 
 def retry_of(study: optuna.Study, trial: optuna.Trial) -> int | None:

@@ -1,5 +1,6 @@
 """Where a study lives: storage specs → URLs, the PostgreSQL driver, passwords masked, the
-Optuna storage opened with retries and heartbeats, and a machine-wide lock for file stores.
+Optuna storage opened with retries and heartbeats, calls that outlast the database's outages
+(a restart, a failover: harness.resilience), and a machine-wide lock for file stores.
 
 Specs: unset → SQLite `optuna.db` in the working directory; `journal:PATH` or a path ending
 .log / .journal → Optuna's journal file (many processes on one machine); any database URL
@@ -20,6 +21,7 @@ from filelock import FileLock
 from harness.checks import check_file, check_sqlite
 from harness.config import default_storage, masked
 from harness.errors import HarnessError
+from harness.resilience import wrap_methods
 from harness.sweep.recovery import lost_trial
 
 __all__ = ["machine_lock", "make_storage", "masked", "resolve_storage", "with_driver"]
@@ -58,6 +60,15 @@ def with_driver(url: str) -> str:
     raise HarnessError(f"sweep.storage: {masked(url)} needs a PostgreSQL driver; pip install 'harness[postgres]'")
 
 
+class Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose every call waits out an outage of its database (harness.resilience):
+    a PostgreSQL server restarted mid-sweep costs no trial."""
+
+
+wrap_methods(Storage, optuna.storages.RDBStorage, lambda s: f"the Optuna storage {masked(s.url)}",
+             skip=frozenset({"remove_session", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}))
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """The Optuna storage for a resolved URL, with heartbeats where the storage has them."""
     if url.startswith("journal:"):
@@ -78,17 +89,18 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         except Exception as e:
             raise HarnessError(f"sweep.storage: {path} is not an Optuna journal ({type(e).__name__}: "
                                f"{' '.join(str(e).split())[:200]}); restore it or move it aside") from None
-    # SQLite: wait for a busy database rather than fail (several local workers share the file).
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # SQLite: wait for a busy database rather than fail (several local workers share the file). A
+    # server: test a pooled connection before use, so one the server dropped (a restart) is replaced.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     kwargs = {"engine_kwargs": engine, "heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
-                    return optuna.storages.RDBStorage(with_driver(url), **kwargs, heartbeat_stale_trial_callback=lost_trial)
+                    return Storage(with_driver(url), **kwargs, heartbeat_stale_trial_callback=lost_trial)
                 except TypeError:  # Optuna < 4.9 names it failed_trial_callback
-                    return optuna.storages.RDBStorage(with_driver(url), **kwargs, failed_trial_callback=lost_trial)
+                    return Storage(with_driver(url), **kwargs, failed_trial_callback=lost_trial)
         except ModuleNotFoundError as e:
             raise HarnessError(f"sweep.storage: {masked(url)} needs the {e.name!r} module; pip install 'harness[postgres]'") from None
         except Exception as e:  # the database's own reason (refused, no such database, bad password …)

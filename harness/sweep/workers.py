@@ -7,6 +7,9 @@ process per slot. Workers are *spawned*, never forked (CUDA and fork do not mix)
 environment set before their interpreter starts: `CUDA_VISIBLE_DEVICES` binds each to its GPU,
 `OMP_NUM_THREADS` splits the CPU between them.
 
+A spawned worker hands the store outages it waited out (harness.resilience) to the sweep over a
+queue (`drain`), so the terminal tells each outage once, not once per worker.
+
 A worker's identity (`worker_id()`: host, boot time, pid and process start time, read through
 psutil) is recorded on its trials, so a later sweep on the same machine can tell at once that a
 RUNNING trial's process is gone (`is_gone`), without waiting for a heartbeat to go stale.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -24,9 +28,11 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import psutil
 
+from harness import resilience
 from harness.callbacks import Callback
 from harness.errors import HarnessError
 
@@ -196,7 +202,8 @@ class StopOnSignal(Callback):
             raise KeyboardInterrupt("stop requested")
 
 
-def _child(slot: Slot, parent: int, target: Callable, args: tuple) -> None:
+def _child(slot: Slot, parent: int, outages, target: Callable, args: tuple) -> None:
+    resilience.set_sink(outages.put)
     if hasattr(os, "setpgid"):
         # Out of the terminal's process group: Ctrl-C reaches the sweep once, which
         # forwards one SIGINT here, instead of interrupting this worker's clean-up twice.
@@ -217,15 +224,23 @@ def _child(slot: Slot, parent: int, target: Callable, args: tuple) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:
+        if not resilience.infrastructure(e):
+            raise
+        # A store that stayed away past the patience: one line; the sweep re-queues the trial.
+        print(f"harness: worker {slot.index} on {slot.device} stopped: {resilience.reason(e)}", file=sys.stderr)
+        sys.exit(1)
 
 
-def spawn(slots: list[Slot], target: Callable, *args) -> list[multiprocessing.Process]:
-    """Start `target(*args, slot)` in one spawned process per slot, each with its slot's env."""
+def spawn(slots: list[Slot], target: Callable, *args) -> tuple[list[multiprocessing.Process], Any]:
+    """Start `target(*args, slot)` in one spawned process per slot, each with its slot's env;
+    returns the processes and the queue of the outages they waited out (`drain` it)."""
     ctx = multiprocessing.get_context("spawn")
+    outages = ctx.Queue()
     procs = []
     for slot in slots:
         slot = replace(slot, spawned=True)
-        p = ctx.Process(target=_child, args=(slot, os.getpid(), target, args), name=f"harness-worker-{slot.index}")
+        p = ctx.Process(target=_child, args=(slot, os.getpid(), outages, target, args), name=f"harness-worker-{slot.index}")
         saved = {k: os.environ.get(k) for k in slot.env}
         os.environ.update(slot.env)  # the child's interpreter starts with this environment
         try:
@@ -237,7 +252,16 @@ def spawn(slots: list[Slot], target: Callable, *args) -> list[multiprocessing.Pr
                 else:
                     os.environ[k] = v
         procs.append(p)
-    return procs
+    return procs, outages
+
+
+def drain(outages) -> None:
+    """Tell the outages the workers sent so far (harness.resilience.report merges their views)."""
+    while True:
+        try:
+            resilience.report(outages.get_nowait())
+        except queue.Empty:
+            return
 
 
 def stop(procs: list[multiprocessing.Process], grace_s: float = 30.0) -> None:
