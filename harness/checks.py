@@ -99,8 +99,11 @@ def check_tracking(study: str | None = None) -> None:
     path = sqlite_path(uri)
     if path is not None and not path.exists():
         return
+    from harness.sweep.storage import store_lock  # (imports this module)
+
     try:
-        client = MlflowClient(tracking_uri=uri)
+        with store_lock(uri):  # commands starting together on a new database: one makes its tables
+            client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(study) if study else client.search_experiments(max_results=1)
     except Exception as e:  # an unknown scheme, a server that does not answer, a schema MLflow cannot read
         reason = " ".join(str(e).split())[:300] or type(e).__name__

@@ -1,4 +1,5 @@
-"""The exceptions harness raises on purpose: bad input, a diverged run, a run stopped early."""
+"""The exceptions harness raises on purpose: bad input, a diverged run, a run stopped early,
+machinery that keeps failing."""
 
 
 class HarnessError(Exception):
@@ -16,3 +17,8 @@ class Diverged(RuntimeError):
 class Pruned(Exception):
     """Raised by a training-loop callback to stop a run early on purpose (a sweep's pruner):
     the run is recorded as pruned, not failed."""
+
+
+class MachineryError(RuntimeError):
+    """Trial after trial was interrupted by the machinery (a store, the network, the disk): the
+    sweep stops rather than spend its points. The CLI prints it on one line, exit 1."""

@@ -143,8 +143,8 @@ FAMILIES_TEXT = (
     "the sequence at the chosen checkpoint (each example's least-squares slope of ln‖∂L/∂s_t‖ against the steps back, "
     "the median over up to 256 validation examples, then over the final runs): negative, the gradient vanishes "
     "(−0.1: a factor 4.5e−5 over 100 steps); `(bwd)`: the backward direction of models that read both ways. The "
-    "last columns count the search's trials: pruned, diverged, failed by another error, interrupted (Ctrl-C or a "
-    "lost worker, not the architecture's doing).")
+    "last columns count the search's trials: pruned, diverged, failed by another error, interrupted (Ctrl-C, a "
+    "lost worker or a store's fault, not the architecture's doing: run again).")
 
 SEARCH_TEXT = (
     "Each architecture's best search trial by validation metric: its selection score is the maximum over epochs and "

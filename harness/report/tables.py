@@ -134,7 +134,7 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
 
 def trial_counts(runs: pd.DataFrame) -> pd.DataFrame:
     """Per architecture: search trials run, and how many were pruned, diverged, failed otherwise,
-    or interrupted (Ctrl-C, a lost worker: not the architecture's doing)."""
+    or interrupted (Ctrl-C, a lost worker, a store's fault: not the architecture's doing)."""
     states, failure = state(runs), col(runs, "tags.harness.failure")
     kinds = {"pruned": states == "pruned", "diverged": (states == "failed") & (failure == "diverged"),
              "failed": (states == "failed") & (failure != "diverged"), "interrupted": states == "interrupted"}

@@ -1,7 +1,7 @@
 """`harness sweep`: an Optuna study over architectures and hyperparameters, on every device.
 
 This module runs a sweep from start to end (`run`); each job lives in its own module:
-`space` (search space, sampler, pruner), `storage` (URLs, drivers, masking, the machine lock),
+`space` (search space, sampler, pruner), `storage` (URLs, drivers, masking, the store lock),
 `recovery` (lost trials, orphan runs), `objective` (one trial), `pool` and `workers` (worker
 processes), `progress`, `finals` (fresh-seed re-runs), `pareto`; `optuna_private` is the one
 adapter over Optuna's private API.
@@ -65,7 +65,7 @@ from harness.sweep.pool import quiet_optuna, run_pool, work
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
 from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler, precisions
-from harness.sweep.storage import machine_lock, make_storage, masked, resolve_storage
+from harness.sweep.storage import make_storage, masked, resolve_storage, store_lock
 from harness.tasks import load_task
 from harness.tracking import dataset_inputs, find_runs, get_client, set_tags, study_run
 
@@ -154,7 +154,7 @@ def run(
     sampler = make_sampler(exp, len(objs) > 1)
     check_tracking(exp.name)
     quiet_optuna()
-    with machine_lock(url):
+    with store_lock(url):
         study = optuna.create_study(
             study_name=exp.name, storage=make_storage(url), load_if_exists=True,
             sampler=sampler, pruner=make_pruner(exp), directions=[o.direction for o in objs],
@@ -162,7 +162,7 @@ def run(
     if [d.name.lower() for d in study.directions] != [o.direction for o in objs]:
         raise HarnessError(f"study {exp.name!r} exists with other objectives; choose another --study name")
     check_study(study, exp)
-    with machine_lock(tracking_uri()):
+    with store_lock(tracking_uri()):
         client = get_client()
         exp_id, parent = parent_run(client, exp, url)
         set_tags(client, parent, provenance.study_tags(exp, url, [s.device for s in slots], source))
@@ -176,7 +176,7 @@ def run(
         fail_lost_trials(study)
         close_orphan_runs(client, exp_id, study)
         if exp.sweep.sampler == "grid":
-            with machine_lock(url):  # commands starting together on this machine queue each point once
+            with store_lock(url):  # commands starting together queue each point once
                 grid.enqueue_missing(study, exp)
         grid_size = len(grid.all_points(exp)) if exp.sweep.sampler == "grid" else None
         caps = [c for c in (exp.sweep.n_trials, grid_size) if c is not None]

@@ -35,6 +35,12 @@ def retries_spent(t: FrozenTrial) -> bool:
     return len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY
 
 
+def settled(t: FrozenTrial, since: int | None = None) -> bool:
+    """Whether this sweep is done with `t`: it ended, or (numbered `since` or later) it was
+    interrupted with its retries spent and waits for the next sweep."""
+    return ended(t) or (since is not None and t.number >= since and interrupted(t) and retries_spent(t))
+
+
 class Surplus(Exception):
     """The study already holds, or is running, its `n_trials` trials."""
 

@@ -27,7 +27,7 @@ from harness.runner import run_trial
 from harness.sweep import workers
 from harness.sweep.counting import MAX_RETRY
 from harness.sweep.objective import Objective, Plan, objective_value
-from harness.sweep.storage import machine_lock, make_storage
+from harness.sweep.storage import make_storage, store_lock
 from harness.tracking import MlflowRun, end_failed, find_runs, get_client, run_name
 
 SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds
@@ -96,7 +96,7 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
                         "harness.repeat": i + 1, "harness.worker": token}
                 tracked = MlflowRun(client, plan.exp_id, fexp, name=f"{run_name(fexp)}-final-s{seed}", tags=tags,
                                     parent=plan.parent_run, mlflow_model=True)
-                with machine_lock(tracking_uri()):  # check and claim as one step for this machine's commands
+                with store_lock(tracking_uri()):  # check and claim as one step for the store's commands
                     held = _taken(client, plan).get((config, str(seed)))
                     if held is None:
                         tracked.open()

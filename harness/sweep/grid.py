@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment
-from harness.sweep.counting import SURPLUS, ended, interrupted, retries_spent
+from harness.sweep.counting import SURPLUS, settled
 from harness.sweep.space import arch_choices
 
 
@@ -60,9 +60,7 @@ def _holds(t: FrozenTrial, since: int | None = None) -> bool:
     or, when numbered `since` or later, interrupted with its retries spent."""
     if t.user_attrs.get(SURPLUS):
         return False
-    if since is not None and t.number >= since and interrupted(t) and retries_spent(t):
-        return True
-    return t.state in (TrialState.WAITING, TrialState.RUNNING) or ended(t)
+    return t.state in (TrialState.WAITING, TrialState.RUNNING) or settled(t, since)
 
 
 def enqueue_missing(study: optuna.Study, exp: Experiment, since: int | None = None) -> int:

@@ -15,9 +15,9 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import resilience
-from harness.errors import HarnessError
+from harness.errors import HarnessError, MachineryError
 from harness.sweep import grid, optuna_private, workers
-from harness.sweep.counting import MAX_RETRY, Surplus, ended
+from harness.sweep.counting import MAX_RETRY, Surplus, settled
 from harness.sweep.objective import Plan, TrialObjective
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import fail_lost_trials, run_again
@@ -26,6 +26,9 @@ from harness.sweep.storage import make_storage
 
 POLL_S = 2.0  # how often a waiting worker, or the sweep watching its workers, looks again
 BACKOFF_S = (2.0, 30.0)  # a worker's wait after an interrupted trial: doubling from the first, at most the second
+# Interrupted trials in a row after which a worker stops: two points' every try. A store that
+# refuses every write (a full disk, lost permissions) would otherwise fail each point in turn.
+STOP_AFTER = 2 * (MAX_RETRY + 1)
 
 
 class _OneLineFailures(logging.Filter):
@@ -61,7 +64,7 @@ def work(plan: Plan, slot: workers.Slot, on_trial: Callable[[optuna.Study], None
             raise KeyboardInterrupt("stop requested")
         if n is not None:
             trials = study.get_trials(deepcopy=False)
-            finished = sum(ended(t) for t in trials)
+            finished = sum(settled(t, plan.n_existing) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if finished >= n:
                 break
@@ -81,6 +84,9 @@ def work(plan: Plan, slot: workers.Slot, on_trial: Callable[[optuna.Study], None
             print(f"harness: trial {trial.number} interrupted ({why}); " +
                   ("queued again" if again else f"interrupted {MAX_RETRY + 1} times: the next harness sweep runs it again"),
                   file=sys.stderr, flush=True)
+            if in_a_row >= STOP_AFTER:
+                raise MachineryError(f"{in_a_row} trials in a row were interrupted, the last by {why}; "
+                                     "mend it and run the same command again to resume")
             time.sleep(min(BACKOFF_S[0] * 2 ** (in_a_row - 1), BACKOFF_S[1]))
         if on_trial is not None:
             on_trial(study)
@@ -104,7 +110,9 @@ def run_pool(plan: Plan, slots: list[workers.Slot], study: optuna.Study, progres
         fail_lost_trials(study)
     if any(p.exitcode == 2 for p in procs):
         raise HarnessError("a worker stopped on bad settings; its message is above")
+    if any(p.exitcode == workers.MACHINERY_EXIT for p in procs):
+        raise MachineryError("a worker stopped after trial after trial was interrupted; its message is above")
     for p, slot in zip(procs, slots, strict=True):
-        if p.exitcode:
+        if p.exitcode and p.exitcode != workers.MACHINERY_EXIT:
             print(f"harness: worker {slot.index} on {slot.device} exited with code {p.exitcode}; its trial was failed and queued again",
                   file=sys.stderr)

@@ -34,7 +34,9 @@ import psutil
 
 from harness import resilience
 from harness.callbacks import Callback
-from harness.errors import HarnessError
+from harness.errors import HarnessError, MachineryError
+
+MACHINERY_EXIT = 3  # a worker's exit code when it stopped on MachineryError
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,9 @@ def _child(slot: Slot, parent: int, outages, target: Callable, args: tuple) -> N
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except MachineryError as e:
+        print(f"harness: worker {slot.index} on {slot.device} stopped: {e}", file=sys.stderr)
+        sys.exit(MACHINERY_EXIT)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:
