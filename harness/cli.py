@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--devices", type=lambda s: [d.strip() for d in s.split(",") if d.strip()], metavar="LIST",
                     help="cpu, mps, cuda (every GPU) or cuda:0,cuda:1 (default: every visible GPU, else cpu)")
     sw.add_argument("--jobs", type=int, help="worker processes per device; on CPU they split the cores (sweep.jobs)")
-    sw.add_argument("--repeat", type=int, metavar="K", help="re-train each architecture's best trial with K fresh seeds (sweep.repeat)")
+    sw.add_argument("--repeat", type=_repeat, metavar="K", help="re-train each architecture's best trial with K fresh seeds, "
+                    "or auto: as many as the report's margin needs (sweep.repeat)")
     sw.add_argument("--sampler", choices=["tpe", "random", "grid", "qmc", "nsga2"])
     sw.add_argument("--pruner", choices=["median", "hyperband", "none"])
     sw.add_argument("--out", default="reports", help="where the report goes (default reports/)")
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("study", nargs="?", help="the study's name (its MLflow experiment)")
     rp.add_argument("--all", action="store_true", help="every study in the store, then the leaderboard README.md across them")
     rp.add_argument("--out", default="reports", help="output folder (default reports/)")
+    cp = sub.add_parser("compare", help="pair two studies' final runs seed by seed (fp32 vs bf16, before vs after a change)")
+    cp.add_argument("a", metavar="STUDY_A", help="the reference study")
+    cp.add_argument("b", metavar="STUDY_B", help="the study compared with it")
+    cp.add_argument("--metric", help="the final runs' MLflow metric to compare (default test_<the task's metric>)")
+    cp.add_argument("--margin", type=float, help="the equivalence margin (points; a ratio above 1 on a log-scale metric)")
+    cp.add_argument("--out", default="reports", help="output folder (default reports/)")
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over harness's tracking store, with each study's runs page")
     ui.add_argument("study", nargs="?", help="the study (MLflow experiment) whose pages to print (default: every study)")
@@ -202,6 +209,19 @@ def _report(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from harness.checks import check_folder, check_tracking
+    from harness.report.compare import write_compare
+
+    check_folder(args.out, "--out")
+    for study in (args.a, args.b):
+        check_tracking(study)
+    if args.margin is not None and args.margin <= 0:
+        raise HarnessError(f"--margin {args.margin}: must be above 0 (a ratio above 1 on a log-scale metric)")
+    print(write_compare(args.a, args.b, args.out, args.metric, args.margin))
+    return 0
+
+
 def _ui(args) -> int:
     from harness.checks import check_tracking, is_server, sqlite_path
     from harness.config import masked, tracking_uri
@@ -230,7 +250,16 @@ def _ui(args) -> int:
     return serve(cmd, env)  # the server and its workers end with this command, even on SIGKILL (harness.ui)
 
 
-COMMANDS = {"list": _list, "run": _run, "sweep": _sweep, "report": _report, "ui": _ui}
+def _repeat(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of seeds nor auto") from None
+
+
+COMMANDS = {"list": _list, "run": _run, "sweep": _sweep, "report": _report, "compare": _compare, "ui": _ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

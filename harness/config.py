@@ -164,8 +164,12 @@ class SweepSettings(_Section):
     # Train each configuration with this many seeds (train.seed, +1, …); the objective is their mean.
     seeds: int = Field(default=1, gt=0)
     # Re-train each architecture's best configuration with this many fresh seeds, the same for every
-    # architecture (paired): the final runs the report's comparison rests on. 0: none.
-    repeat: int = Field(default=5, ge=0)
+    # architecture (paired): the final runs the report's comparison rests on. 0: none. "auto": as
+    # many as detect the report's margin with 80% power (from the search's seed spread, so
+    # `seeds` >= 2), between repeat_min and repeat_max.
+    repeat: int | Literal["auto"] = Field(default=5)
+    repeat_min: int = Field(default=5, ge=2)
+    repeat_max: int = Field(default=20, ge=2)
     space: dict[str, ParamSpec] = {}
     space_by_arch: dict[str, dict[str, ParamSpec]] = {}
 
@@ -176,6 +180,21 @@ class SweepSettings(_Section):
         if isinstance(v, dict) and v.get("n_trials") is None and v.get("timeout") is None and v.get("sampler") != "grid":
             v = {**v, "n_trials": 10}
         return v
+
+    @field_validator("repeat", mode="before")
+    @classmethod
+    def _repeat(cls, v: Any) -> Any:
+        if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ValueError('a number of seeds (0 or more) or "auto"')
+        return v
+
+    @model_validator(mode="after")
+    def _auto_repeat(self) -> SweepSettings:
+        if self.repeat == "auto" and self.seeds < 2:
+            raise ValueError('repeat = "auto" chooses the final seeds from the search\'s seed spread: set seeds = 2 or more')
+        if self.repeat_min > self.repeat_max:
+            raise ValueError(f"repeat_min {self.repeat_min} is above repeat_max {self.repeat_max}")
+        return self
 
     @field_validator("space", "space_by_arch")
     @classmethod
@@ -199,6 +218,15 @@ class Reference(_Section):
     note: str = ""  # how the published set-up differs from this experiment's
 
 
+class ReportSettings(_Section):
+    """`[report]`: how the report judges. `margin`: the smallest difference that matters, below
+    which two architectures are called equivalent (points of a linear metric, e.g. 0.005 for half
+    an accuracy point; a ratio above 1 for a log-scale one such as MSE); unset, the metric's own
+    default (harness.tasks.metrics)."""
+
+    margin: float | None = Field(default=None, gt=0)
+
+
 class Experiment(_Section):
     name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=NAME_MAX)
     description: str = ""
@@ -207,6 +235,7 @@ class Experiment(_Section):
     train: TrainSettings = TrainSettings()
     tracking: TrackingSettings = TrackingSettings()
     sweep: SweepSettings = SweepSettings()
+    report: ReportSettings = ReportSettings()
     reference: list[Reference] = []
 
     def with_values(self, values: dict[str, Any], source: str = "experiment") -> Experiment:

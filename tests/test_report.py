@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -130,14 +131,19 @@ def test_comparison_is_paired_holm_corrected_and_counts_each_seed_once(study):
     adjusted = {low: min(1, 2 * p[low]), high: max(min(1, 2 * p[low]), p[high])}
     for arch in ("lstm", "rnn"):
         verdict = rows[arch]["verdict"]
-        assert f"p = {adjusted[arch]:.2g}, paired t, Holm" in verdict
-        assert verdict.startswith("worse" if adjusted[arch] < 0.05 else "tied with best")
+        diff = np.subtract(FINALS[arch], FINALS["bigru"])  # this minus the best, seed by seed
+        low, high = stats.t.interval(0.95, 2, diff.mean(), stats.sem(diff))
+        assert f"{diff.mean():+.3g} [{low:+.3g}, {high:+.3g}]" in verdict
+        if adjusted[arch] < 0.05:
+            assert verdict.startswith("worse: ") and f"(p = {adjusted[arch]:.2g}, paired t, Holm)" in verdict
+        else:
+            assert verdict.startswith("inconclusive: ") and f"(p = {adjusted[arch]:.2g}); 3 seeds detect" in verdict
     assert float(rows["rnn"]["P(best beats it)"]) == 1.0 and float(rows["lstm"]["P(best beats it)"]) == pytest.approx(
         stats.mannwhitneyu(FINALS["bigru"], FINALS["lstm"]).statistic / 9, abs=1e-4)
-    # Percentile bootstrap of a 3-seed mean with no per-example files: each end is a resample of
-    # one seed thrice (chance 1/27 each, above 2.5%), so the interval is the seeds' own range.
+    # No per-example files: the t-interval over the seeds alone.
     low, high = (float(x) for x in rows["lstm"]["95% interval"].split("–"))
-    assert (low, high) == pytest.approx((0.90, 0.94))
+    lstm = [0.90, 0.92, 0.94]
+    assert (low, high) == pytest.approx(stats.t.interval(0.95, 2, np.mean(lstm), stats.sem(lstm)), abs=5e-3)
     assert rows["rnn"]["budget-limited"] == "yes (3/3)" and rows["lstm"]["budget-limited"] == "no (0/3)"
     assert "On the edge of the search space**: rnn: best train.lr = 0.01" in text
 

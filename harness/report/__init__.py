@@ -4,8 +4,8 @@ studies the leaderboard `reports/README.md` (harness.report.leaderboard).
 Reads only what tracking wrote (never a sweep's memory) and imports no torch: families and the
 metric's direction come from each run's params (`arch_family`, `task_metric_direction`). A study's
 report, in order: a headline answering the study's question from the numbers; the families table
-(how well: the final runs' test metric with a bootstrap interval and a paired, Holm-corrected
-verdict against the best; at what cost: size, FLOPs, speed, kernel; why: best epoch,
+(how well: the final runs' test metric with its interval and a verdict against the best — worse,
+equivalent or inconclusive; at what cost: size, FLOPs, speed, kernel; why: best epoch,
 budget-limited, gradient-flow rate; and the search's trial counts); the plots; the search's best
 trials; the trials that did not finish; published references beside harness's numbers; and how to
 reproduce it. `runs` reads MLflow, `study` and `stats` compute, `tables` and `plots` render, this
@@ -34,6 +34,7 @@ from harness.provenance import PREFIX
 from harness.report import study as studies
 from harness.report.plots import plots as draw_plots
 from harness.report.runs import num, open_store, state
+from harness.report.stats import INTERVAL, margin_text
 from harness.report.tables import FORMATS
 
 __all__ = ["write_all", "write_leaderboard", "write_report"]
@@ -85,27 +86,37 @@ def headline(s: studies.Study) -> str:
             text += f", {t.loc[best, 'sd over seeds']:.2g} standard deviation from seed to seed"
         text += "; no other architecture was compared."
     else:
-        verdicts = t["verdict"].astype(str)
-        tied = [a for a in t.index[1:] if verdicts[a].startswith("tied")]
-        worse = [a for a in t.index[1:] if verdicts[a].startswith("worse")]
-        unrun = [a for a in t.index[1:] if verdicts[a].startswith("— (no finished")]
-        undecided = [a for a in t.index[1:] if a not in tied and a not in worse and a not in unrun]
-        if not verdicts[best] == "best":
+        v = t["verdict"]
+        kinds = {a: getattr(v[a], "kind", "none") for a in t.index}
+        worse, equivalent, inconclusive = ([a for a in t.index[1:] if kinds[a] == k] for k in ("worse", "equivalent", "inconclusive"))
+        unrun = [a for a in t.index[1:] if kinds[a] == "none" and v[a].why == "no finished run"]
+        undecided = [a for a in t.index[1:] if kinds[a] == "none" and a not in unrun]
+        if kinds[best] != "best":
             text = (f"**{name_of(t, best)}** scores highest" if s.maximize else f"**{name_of(t, best)}** scores lowest")
             text += f", {first}, but with under 3 seeds per architecture no verdict is drawn."
         else:
             text = f"**{name_of(t, best)} {'wins' if len(worse) == len(t) - 1 else 'leads'}**: {first}"
-            if tied:
-                text += "; " + _and([f"{name_of(t, a)} {score(a)}" for a in tied])
-                text += f" {'is' if len(tied) == 1 else 'are'} statistically tied with it ({'; '.join(_p(verdicts[a]) for a in tied)})"
+            if equivalent:
+                text += "; " + _and([f"{name_of(t, a)} {score(a)}" for a in equivalent])
+                text += (f" {'is' if len(equivalent) == 1 else 'are'} equivalent to it within "
+                         f"{margin_text(v[equivalent[0]].margin, v[equivalent[0]].scale)} (TOST, Holm-corrected)")
             if worse:
                 text += "; " + _and([f"{name_of(t, a)} {score(a)}" for a in worse])
-                text += f" {'is' if len(worse) == 1 else 'are'} worse (Holm-corrected paired tests, {_max_p(verdicts[worse])})"
+                text += (f" {'is' if len(worse) == 1 else 'are'} worse (Holm-corrected paired tests, "
+                         f"p ≤ {max(v[a].p for a in worse):.2g})")
+            for a in inconclusive:
+                text += (f"; {name_of(t, a)} {score(a)} is inconclusive with {v[a].seeds} seeds (difference "
+                         f"{v[a].difference_text()}, p = {v[a].p:.2g}: neither worse nor equivalent within "
+                         f"{margin_text(v[a].margin, v[a].scale)})")
             if undecided:
                 text += "; " + _and([name_of(t, a) for a in undecided]) + " ran too few shared seeds for a verdict"
             if unrun:
                 text += "; " + _and([name_of(t, a) for a in unrun]) + " finished no run to compare"
             text += "."
+            wanted, chosen = s.tags.get("harness.repeat_wanted"), s.tags.get("harness.repeat_auto")
+            if inconclusive and wanted and chosen and int(wanted) > int(chosen):
+                text += (f" The power calculation asked for {wanted} final seeds; `repeat_max` capped them at {chosen}, "
+                         "so the study cannot tell these apart at its margin.")
     limited = [a for a in t.index if str(t.loc[a, "budget-limited"]).startswith("yes")]
     if limited:
         text += (f" {_and([name_of(t, a) for a in limited])} ran to the epoch cap still improving: the budget, "
@@ -117,20 +128,15 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _p(verdict: str) -> str:
-    return verdict.split("(", 1)[1].split(",")[0]
-
-
-def _max_p(verdicts: pd.Series) -> str:
-    ps = [float(v.split("p = ")[1].split(",")[0]) for v in verdicts]
-    return f"p ≤ {max(ps):.2g}"
-
-
 FAMILIES_TEXT = (
     "Each architecture's best configuration trained again with the same fresh seeds (final runs): `test {m}` is "
-    "their mean, measured once per run and never used to choose anything; the 95% interval is a percentile bootstrap "
-    "over seeds and test examples. Each architecture is tested against the best over the seeds both ran (paired t, "
-    "Wilcoxon signed-rank from 10 seeds), Holm-corrected across architectures; `P(best beats it)` is the probability "
+    "their mean (on a log-scale metric such as MSE, their geometric mean, and differences are ratios), measured once "
+    "per run and never used to choose anything; the 95% interval is a {interval}. Each architecture is compared with "
+    "the best over the seeds both ran: `worse` when a paired test (t, Wilcoxon signed-rank from 10 seeds), "
+    "Holm-corrected across architectures, says so; `equivalent` only when a paired equivalence test (TOST, "
+    "Holm-corrected) puts the difference within the margin, {margin}; otherwise `inconclusive`, with the smallest "
+    "difference the seeds could have detected (80% power). Each gives the difference from the best with its 95% "
+    "interval. `P(best beats it)` is the probability "
     "that a run of the best scores better than a run of this one (Agarwal et al. 2021). `MFLOP/sample`: analytic "
     "forward FLOPs. `train samples/s`: the final runs' median, each run's own the median over its epochs after the "
     "first that had the cores to itself (`(contended)`: none had, unreliable); `peak fraction`: that speed's share "
@@ -205,7 +211,9 @@ def _write(s: studies.Study, out: Path, client) -> Path:
         if not baseline.empty:
             lines.append(f"The task's baseline (loss of the best predictor that ignores its input): {baseline.iloc[0]:.4g}.")
         if not s.families.empty:
-            lines += ["", "## Families", "", FAMILIES_TEXT.format(m=s.metric), "", md(s.families), ""]
+            margin = margin_text(s.families.attrs.get("margin", 0), s.families.attrs.get("scale", "linear"))
+            lines += ["", "## Families", "", FAMILIES_TEXT.format(m=s.metric, interval=INTERVAL, margin=margin), "",
+                      md(s.families), ""]
         if s.tags.get("harness.edges"):
             lines += [f"**On the edge of the search space**: {s.tags['harness.edges']}. The optimum may lie beyond it: "
                       "widen the range before trusting this ranking.", ""]

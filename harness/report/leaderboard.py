@@ -2,7 +2,8 @@
 
 Rows are families (each study's best architecture of the family stands for it), columns studies.
 A cell is the final runs' mean test metric with its 95% interval, the column's best in bold and
-those its paired test could not tell from the best marked ≈. Families are ranked within each
+those equivalent to the best within the study's margin marked ≈, those the seeds could not
+decide marked ?. Families are ranked within each
 study (1 = best, the metric's own direction) and the ranks averaged; over the studies every
 compared family ran, a Friedman test with the Nemenyi post-hoc test and its critical-difference
 diagram (Demšar 2006), as `autorank` computes and draws them. A second table gives training speed
@@ -53,8 +54,8 @@ def scores(loaded: list[studies.Study]) -> tuple[pd.DataFrame, pd.DataFrame, pd.
             text = f"{r[test]:.4g}{interval}"
             if fam == best:
                 text = f"**{text}**"
-            elif str(r["verdict"]).startswith("tied"):
-                text = f"≈ {text}"
+            elif getattr(r["verdict"], "mark", ""):
+                text = f"{r['verdict'].mark} {text}"
             texts[fam] = text
         cell[s.name] = pd.Series(texts)
         peak = rows["peak fraction"]
@@ -132,8 +133,10 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
         stats_lines, drawn = friedman(mean, maximize, tmp / "leaderboard_cd.png")
         lines = ["# Leaderboard: recurrent architecture families across tasks", "",
                  "Each cell: the family's best architecture in that study, its final runs' mean test metric (fresh seeds, "
-                 "never used for selection) and 95% bootstrap interval. **Bold**: the study's best; ≈: statistically tied "
-                 "with it (paired test over seeds, Holm-corrected, p ≥ 0.05); —: not in the study. `mean rank`: the "
+                 "never used for selection; geometric for a log-scale metric such as MSE) and 95% interval. **Bold**: the "
+                 "study's best; ≈: equivalent to it within the study's margin (paired equivalence test, TOST, "
+                 "Holm-corrected); ?: inconclusive (neither worse nor equivalent over the seeds run); no mark: worse "
+                 "or no verdict (see the study's report); —: not in the study. `mean rank`: the "
                  "family's rank averaged over the studies that compared at least two families (1 = best, in each metric's "
                  "own direction: ↑ higher is better, ↓ lower).", "", md(board), "", *stats_lines, ""]
         if drawn:

@@ -60,6 +60,14 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
+def _log_y(study: Study, ax) -> str:
+    """A log-scale metric (MSE) on a log axis, whose label says so."""
+    if study.scale != "log":
+        return ""
+    ax.set_yscale("log")
+    return " (log)"
+
+
 def curves(study: Study, client: MlflowClient, path: Path) -> str | None:
     """Validation metric per epoch: the median over each architecture's final runs, the band their
     range (the best search trial's curve when there are no final runs)."""
@@ -82,7 +90,7 @@ def curves(study: Study, client: MlflowClient, path: Path) -> str | None:
     if not ax.get_lines():  # no run logged its validation curve
         plt.close(fig)
         return None
-    ax.set(xlabel="epoch", ylabel=f"validation {study.metric}",
+    ax.set(xlabel="epoch", ylabel=f"validation {study.metric}" + _log_y(study, ax),
            title=f"{study.name}: learning curves (median and range over seeds)")
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -156,7 +164,7 @@ def quality_speed(study: Study, path: Path) -> str | None:
             ax.scatter(speed[idx], quality[idx], color=c, alpha=0.7, s=18, label=_label(study, arch))
     front = pareto_front(speed[ok].to_numpy(), quality[ok].to_numpy(), study.maximize)
     ax.step(speed[ok].to_numpy()[front], quality[ok].to_numpy()[front], where="post", color="black", lw=1, label="Pareto front")
-    ax.set(xscale="log", xlabel="training samples/s (log)", ylabel=f"best validation {study.metric}",
+    ax.set(xscale="log", xlabel="training samples/s (log)", ylabel=f"best validation {study.metric}" + _log_y(study, ax),
            title=f"{study.name}: quality against speed, every finished trial")
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -242,7 +250,7 @@ def trials_strip(study: Study, path: Path) -> str | None:
     for i, (_, c, v) in enumerate(groups):
         ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, color=c, alpha=0.7, s=14, zorder=3, label=f"_{groups[i][0]} trials")
     ax.set_xticks(range(len(groups)), [_label(study, a) for a, *_ in groups], rotation=20)
-    ax.set(ylabel=f"best validation {study.metric}", title=f"{study.name}: every finished trial")
+    ax.set(ylabel=f"best validation {study.metric}" + _log_y(study, ax), title=f"{study.name}: every finished trial")
     _save(fig, path)
     return "every trial per architecture"
 

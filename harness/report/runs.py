@@ -15,6 +15,7 @@ from mlflow.utils import get_results_from_paginated_fn
 
 from harness.config import tracking_uri
 from harness.errors import HarnessError
+from harness.tasks import metrics
 
 PAGE = 50_000  # MLflow's largest page: each page re-runs the query, so few pages read a big study fastest
 
@@ -86,6 +87,12 @@ def state(runs: pd.DataFrame) -> pd.Series:
     run's status)."""
     states = col(runs, "tags.harness.state").fillna(runs["status"].str.lower())
     return states.mask(col(runs, "tags.harness.failure").isin(INTERRUPTED), "interrupted")
+
+
+def metric_scale(runs: pd.DataFrame, metric: str) -> str:
+    """`linear` or `log`: as the runs logged it (`task_metric_scale`), else as the metric registry says."""
+    logged = col(runs, "params.task_metric_scale").dropna()
+    return str(logged.iloc[0]) if len(logged) else metrics.scale(metric)
 
 
 def study_tags(study: str, client: MlflowClient) -> dict[str, str]:

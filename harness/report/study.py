@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness.report.runs import metric_name, num, per_example, select_finals, study_runs, study_tags, trial_runs
+from harness.report.runs import (
+    metric_name,
+    metric_scale,
+    num,
+    per_example,
+    select_finals,
+    study_runs,
+    study_tags,
+    trial_runs,
+)
 from harness.report.tables import best_trials, families_table, search_table
 
 
@@ -24,6 +33,7 @@ class Study:
     families: pd.DataFrame  # harness.report.tables.families_table
     search: pd.DataFrame  # harness.report.tables.search_table
     references: list[dict] = field(default_factory=list)
+    scale: str = "linear"  # the metric's: on `log`, means are geometric, differences ratios, plots log-scaled
 
     @property
     def task(self) -> str:
@@ -45,7 +55,9 @@ def load(name: str, client: MlflowClient) -> Study:
     metric, maximize = metric_name(runs)
     chosen = {arch: int(n) for arch, n in num(best_trials(runs), "params.trial_number").dropna().items()}
     finals = select_finals(study_runs(name, client, role="final"), chosen)
-    families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids))
     tags = study_tags(name, client)
+    margin = float(tags["harness.margin"]) if tags.get("harness.margin") else None  # [report] margin, else the metric's
+    families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids), margin)
     return Study(name=name, runs=runs, finals=finals, metric=metric, maximize=maximize, tags=tags, families=families,
-                 search=search_table(runs), references=json.loads(tags.get("harness.references", "[]")))
+                 search=search_table(runs), references=json.loads(tags.get("harness.references", "[]")),
+                 scale=metric_scale(runs, metric))

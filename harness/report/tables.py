@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from harness.report import stats
-from harness.report.runs import col, metric_name, num, state
+from harness.report.runs import col, metric_name, metric_scale, num, state
+from harness.tasks import metrics
 
 # Columns shown with their own number format (the rest: 4 significant figures).
 FORMATS = {"grad flow rate": "#.3g", "grad flow rate (bwd)": "#.3g", "sd over seeds": ".2g"}
@@ -66,17 +67,20 @@ def speed_cells(runs: pd.DataFrame) -> pd.Series:
 
 
 def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
-                   per_example: Callable[[list[str]], np.ndarray | None]) -> pd.DataFrame:
+                   per_example: Callable[[list[str]], np.ndarray | None], margin: float | None = None) -> pd.DataFrame:
     """The study's answer, one row per architecture (its family beside it), ranked by the final
-    runs' mean test metric: how well (a 95% bootstrap interval over seeds and test examples,
-    `per_example(run_ids)` giving the seeds × examples matrix or None; against the best over the
-    seeds both ran, a paired test — t, or Wilcoxon from 10 seeds — Holm-corrected, its verdict, and
-    the probability that a run of the best beats a run of this one; no verdict below 3 shared
-    seeds), at what cost (parameters, analytic FLOPs, the final runs' median training speed, its
-    share of the device's peak and the kernel), why (best epoch, budget-limited, gradient-flow
-    rate) and how the search went (trials run, pruned, diverged, failed, interrupted). Without
-    final runs each architecture's best search trial stands in, one seed, no verdict."""
+    runs' mean test metric (geometric on a log-scale metric): how well (a 95% interval over seeds
+    and the test set, `per_example(run_ids)` giving the seeds × examples matrix or None; against
+    the best over the seeds both ran, a `stats.Verdict`: worse, equivalent within `margin` (the
+    metric's default when None), or inconclusive, from 3 shared seeds; and the probability that a
+    run of the best beats a run of this one), at what cost (parameters, analytic FLOPs, the final
+    runs' median training speed, its share of the device's peak and the kernel), why (best epoch,
+    budget-limited, gradient-flow rate) and how the search went (trials run, pruned, diverged,
+    failed, interrupted). Without final runs each architecture's best search trial stands in, one
+    seed, no verdict. The table's `attrs` hold the scale and margin."""
     metric, maximize = metric_name(runs)
+    scale = metric_scale(runs, metric)
+    margin = metrics.margin(metric) if margin is None else margin
     if finals.empty:
         finals = best_trials(runs).reset_index().assign(seed=lambda d: num(d, "params.train.seed"))
     test = f"test {metric}"
@@ -85,12 +89,12 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     scores = {arch: g[~g.index.duplicated()] for arch, g in scores.items() if len(g)}  # one run per seed
     if not scores:
         return pd.DataFrame()
-    means = {arch: g["_t"].mean() for arch, g in scores.items()}
+    means = {arch: stats.centre(g["_t"], scale) for arch, g in scores.items()}
     best = (max if maximize else min)(means, key=means.get)
     scores = {best: scores[best]} | scores  # the best first: on a tie in the mean it stays the first row
     rows, raw = {}, {}
     for arch, g in scores.items():
-        low, high = stats.interval(g["_t"].to_numpy(), per_example(list(g["run_id"])))
+        low, high = stats.interval(g["_t"].to_numpy(), per_example(list(g["run_id"])), scale)
         speed = _speed(g)
         rows[arch] = {"family": g["family"].iloc[0], test: means[arch],
                       "95% interval": f"{low:.3g} – {high:.3g}" if low == low else "—", "seeds": len(g),
@@ -105,31 +109,32 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
                       "grad flow rate (bwd)": num(g, "metrics.gradflow_rate_bwd").median()}
         shared = g.index.intersection(scores[best].index)
         if arch != best and len(shared) >= stats.MIN_SEEDS:
-            raw[arch] = stats.paired_test(scores[best].loc[shared, "_t"].to_numpy(), g.loc[shared, "_t"].to_numpy())
+            raw[arch] = stats.compare(scores[best].loc[shared, "_t"].to_numpy(), g.loc[shared, "_t"].to_numpy(), scale, margin)
         if arch != best:
             rows[arch]["P(best beats it)"] = stats.prob_improvement(scores[best]["_t"].to_numpy(), g["_t"].to_numpy(), maximize)
-    adjusted = dict(zip(raw, stats.holm([p for _, p in raw.values()]), strict=True))
+    judged = stats.verdicts(raw, scale, margin)
     for arch, row in rows.items():
         if arch == best:
-            row["verdict"] = "best" if len(scores[arch]) >= stats.MIN_SEEDS else "— (under 3 seeds)"
-        elif arch in adjusted:
-            p, name = adjusted[arch], raw[arch][0]
-            row["verdict"] = f"{'worse' if p < 0.05 else 'tied with best'} (p = {p:.2g}, {name}, Holm)"
+            row["verdict"] = stats.Verdict("best", len(scores[arch]), scale) if len(scores[arch]) >= stats.MIN_SEEDS \
+                else stats.Verdict("none", len(scores[arch]), scale, why="under 3 seeds")
         else:
-            row["verdict"] = "— (under 3 shared seeds)"
+            row["verdict"] = judged.get(arch) or stats.Verdict("none", scale=scale, why="under 3 shared seeds")
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "architecture"
     table["params"] = table["params"].round().astype("Int64")
     counts = trial_counts(runs)
     missing = counts.index.difference(table.index)  # every trial diverged, or no final run finished: still a row
     table = pd.concat([table, pd.DataFrame({"family": runs.groupby("params.model.arch")["family"].first()[missing],
-                                            "seeds": 0, "verdict": "— (no finished run)"}, index=missing)])
+                                            "seeds": 0, "verdict": [stats.Verdict("none", why="no finished run")] * len(missing)},
+                                           index=missing)])
     table = table.join(counts, how="left").rename_axis("architecture")
     order = ["family", test, "95% interval", "seeds", "sd over seeds", "verdict", "P(best beats it)", "params", "MFLOP/sample", "train samples/s",
              "peak fraction", "kernel", "best epoch (median)", "budget-limited", "grad flow rate", "grad flow rate (bwd)",
              "trials", "pruned", "diverged", "failed", "interrupted"]
     table = table[[c for c in order if c in table]]
-    return table.sort_values(test, ascending=not maximize, kind="stable", na_position="last")
+    table = table.sort_values(test, ascending=not maximize, kind="stable", na_position="last")
+    table.attrs.update(scale=scale, margin=margin)
+    return table
 
 
 def trial_counts(runs: pd.DataFrame) -> pd.DataFrame:

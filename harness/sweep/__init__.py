@@ -37,7 +37,8 @@ Promises:
 - multi-objective studies tag their Pareto-optimal trial runs `harness.pareto=true`;
 - `repeat = K` re-trains each architecture's best trial with K fresh seeds as runs tagged
   `harness.role=final` / `harness.stage=final` under the study's run (trial runs are
-  `harness.role=trial` / `harness.stage=search`, so finals never count as search trials).
+  `harness.role=trial` / `harness.stage=search`, so finals never count as search trials);
+  `repeat = "auto"` chooses K by power from the search's seed spread (`finals.auto_repeat`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import torch
@@ -58,7 +59,7 @@ from harness.errors import HarnessError
 from harness.precision import check_precision
 from harness.sweep import grid, workers
 from harness.sweep.counting import SURPLUS, interrupted
-from harness.sweep.finals import FinalRun, best_per_arch, run_finals
+from harness.sweep.finals import FinalRun, auto_repeat, best_per_arch, run_finals
 from harness.sweep.objective import Objective, Plan, objectives
 from harness.sweep.pareto import tag_pareto
 from harness.sweep.pool import quiet_optuna, run_pool, work
@@ -166,6 +167,7 @@ def run(
         client = get_client()
         exp_id, parent = parent_run(client, exp, url)
         set_tags(client, parent, provenance.study_tags(exp, url, [s.device for s in slots], source))
+        set_tags(client, parent, {"harness.margin": "" if exp.report.margin is None else str(exp.report.margin)})
         # The splits' dataset rows, made once here: workers starting together then only link them.
         client.log_inputs(parent, datasets=dataset_inputs(task, task.split_hashes()))
     if notice:  # after the checks: a bad input's error stays the one line printed
@@ -196,7 +198,11 @@ def run(
                 pareto = tag_pareto(client, exp_id, study)
             edge = edges(exp, best_per_arch(study, exp, objs[0]))
             set_tags(client, parent, {"harness.edges": "; ".join(edge)})
-            if exp.sweep.repeat:
+            if exp.sweep.repeat == "auto":
+                n, tags = auto_repeat(plan, study, client)
+                set_tags(client, parent, tags)
+                plan = replace(plan, exp=exp.with_values({"sweep.repeat": n}))
+            if plan.exp.sweep.repeat:
                 finals = run_finals(plan, study, slots)
         status = "FINISHED"
     except KeyboardInterrupt:

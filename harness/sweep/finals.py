@@ -65,6 +65,44 @@ def best_per_arch(study: optuna.Study, exp: Experiment, obj: Objective) -> dict[
     return best
 
 
+def auto_repeat(plan: Plan, study: optuna.Study, client) -> tuple[int, dict[str, str]]:
+    """`sweep.repeat = "auto"`: the number of final seeds that detects a difference of the report's
+    margin between two architectures with 80% power at α = 0.05 after Holm over the comparisons
+    with the best (its first, strictest step), between `repeat_min` and `repeat_max`. The seed spread
+    is the search's: each architecture's best trial's sd over its `sweep.seeds` seeds of the best
+    validation metric (relative, on a log-scale metric), pooled; the paired differences' sd is
+    taken as √2 times it (no credit for the seeds' correlation). Returns the number and, as the
+    study run's tags, its inputs."""
+    from harness.report.stats import margin_on_scale, margin_text, seeds_for
+    from harness.tasks import metrics
+
+    s = plan.exp.sweep
+    spreads, metric = [], None
+    best = best_per_arch(study, plan.exp, plan.objectives[0])
+    for t in best.values():
+        if "mlflow_run_id" not in t.user_attrs:
+            continue
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        metric = run.data.params.get("task_metric", metric)
+        sd, mean = (run.data.metrics.get(f"best_val_{metric}{k}") for k in ("_std", ""))
+        if sd is not None and mean:
+            spreads.append(sd / abs(mean) if metrics.scale(metric) == "log" else sd)
+    if metric is None or not spreads:
+        return s.repeat_max, {"harness.repeat_auto": str(s.repeat_max), "harness.repeat_inputs": "no seed spread was recorded"}
+    scale = metrics.scale(metric)
+    margin = plan.exp.report.margin or metrics.margin(metric)
+    sd_diff = math.sqrt(2 * sum(x * x for x in spreads) / len(spreads))
+    comparisons = max(len(best) - 1, 1)
+    wanted = seeds_for(margin_on_scale(margin, scale), sd_diff, comparisons)
+    n = min(max(wanted, s.repeat_min), s.repeat_max)
+    inputs = (f"a difference of {margin_text(margin, scale)} in {metric} with 80% power at α = 0.05/{comparisons} "
+              f"(Holm over {len(best)} architectures), the paired seeds' sd taken as {sd_diff:.3g} (√2 × the search's "
+              f"pooled seed sd{' of log ' + metric if scale == 'log' else ''}), asks for {wanted} seeds")
+    print(f"harness: repeat = auto: {n} final seeds ({inputs}; repeat_min {s.repeat_min}, repeat_max {s.repeat_max})",
+          file=sys.stderr)
+    return n, {"harness.repeat_auto": str(n), "harness.repeat_wanted": str(wanted), "harness.repeat_inputs": inputs}
+
+
 def _taken(client, plan: Plan) -> dict[tuple[str, str], object]:
     """(config, seed) → the final run that holds it: finished, or running in a live process."""
     held = {}

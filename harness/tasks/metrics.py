@@ -1,5 +1,8 @@
 """Metrics and losses by name. A metric says whether higher is better: sweeps, early
-selection and the report rank by it, and every run logs it (`task_metric_direction`).
+selection and the report rank by it, and every run logs it (`task_metric_direction`). It also
+says its scale: `linear` (accuracy: differences in points) or `log` (MSE, which spans orders of
+magnitude: geometric means and ratios), and the smallest difference that matters, the report's
+default equivalence margin (points on a linear scale, a ratio on a log one).
 
 Names are forever: they become MLflow keys (`val_<metric>`, `test_<metric>`). A new metric is
 one function here under `@register_metric(higher_is_better=...)`.
@@ -17,9 +20,20 @@ from harness.registry import Registry
 _metrics = Registry("metric", dashes=False)
 
 
-def register_metric(fn: Callable | None = None, *, higher_is_better: bool, name: str | None = None):
-    """Decorator: register `fn(out, y) -> 0-dim tensor` (a batch mean) as a task metric."""
-    return _metrics.register(fn, name=name, higher_is_better=bool(higher_is_better))
+SCALES = ("linear", "log")
+DEFAULT_MARGIN = {"linear": 0.005, "log": 1.1}  # half an accuracy point; 10% of an error
+
+
+def register_metric(fn: Callable | None = None, *, higher_is_better: bool, name: str | None = None,
+                    scale: str = "linear", margin: float | None = None):
+    """Decorator: register `fn(out, y) -> 0-dim tensor` (a batch mean) as a task metric, compared
+    on `scale` with equivalence `margin` (default `DEFAULT_MARGIN[scale]`)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
+    margin = DEFAULT_MARGIN[scale] if margin is None else float(margin)
+    if margin <= (1.0 if scale == "log" else 0.0):
+        raise ValueError(f"margin {margin}: a linear margin must be > 0, a log one (a ratio) > 1")
+    return _metrics.register(fn, name=name, higher_is_better=bool(higher_is_better), scale=scale, margin=margin)
 
 
 def metric_fn(name: str) -> Callable:
@@ -28,6 +42,16 @@ def metric_fn(name: str) -> Callable:
 
 def higher_is_better(name: str) -> bool:
     return _metrics.meta(name)["higher_is_better"]
+
+
+def scale(name: str) -> str:
+    """`linear` or `log`; a metric registered by none of this process's code is taken as linear."""
+    return _metrics.meta(name).get("scale", "linear") if name in _metrics.names() else "linear"
+
+
+def margin(name: str) -> float:
+    """The metric's default equivalence margin (points, or a ratio on the log scale)."""
+    return _metrics.meta(name).get("margin", DEFAULT_MARGIN[scale(name)]) if name in _metrics.names() else DEFAULT_MARGIN["linear"]
 
 
 def list_metrics() -> list[str]:
@@ -50,7 +74,7 @@ def symbol_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.argmax(-1)[mask] == y[mask]).float().mean()
 
 
-@register_metric(higher_is_better=False)
+@register_metric(higher_is_better=False, scale="log")
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out, y)
 
