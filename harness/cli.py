@@ -171,7 +171,7 @@ def _sweep(args) -> int:
     from harness.provenance import command_line, file_digest
     from harness.report import write_report
     from harness.sweep import run
-    from harness.tracking import get_client, tracking_uri
+    from harness.tracking import find_runs, get_client, tracking_uri
     from harness.ui import ranked, runs_url
 
     exp = _sweep_experiment(args)
@@ -185,9 +185,11 @@ def _sweep(args) -> int:
     except HarnessError as e:
         print(f"harness: no report: {e}", file=sys.stderr)
         return 1
-    print(f"report: {path}")
     study, uri, client = outcome.study.study_name, tracking_uri(), get_client()
     exp_id = client.get_experiment_by_name(study).experiment_id
+    for parent in find_runs(client, exp_id, role="study", study=study)[:1]:  # the report's headline, as it left it there
+        print(parent.data.tags.get("mlflow.note.content", "").replace("**", ""))
+    print(f"report: {path}")
     if is_server(uri):  # the server is the UI
         print(f"browse the runs: {runs_url(masked(uri).rstrip('/'), exp_id, **ranked(client, exp_id))}")
     else:

@@ -9,7 +9,8 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
 - params: the resolved settings as dotted keys (the task's defaults filled in, the device
   resolved), `n_params`, `flops_per_sample`, `kernel` (the recurrent layers' kernel path,
   harness.kernels), `trial_number`, and what the registries say of the run: `arch_family`,
-  `arch_bidirectional`, `task_io`, `task_metric`, `task_metric_scale`, `task_metric_direction`;
+  `arch_bidirectional`, `task_io`, `task_metric`, `task_metric_scale`, `task_metric_margin`,
+  `task_metric_direction`;
 - the experiment: tagged as model training (`mlflow.experimentKind`, not a GenAI app) and
   described by the experiment file's `description` (`mlflow.note.content`);
 - tags: `harness.role` (study | trial | run), `harness.study`, `harness.trial`, `harness.state`
@@ -62,6 +63,7 @@ from harness.logged_model import log_model
 from harness.provenance import device_name, git_commit
 from harness.resilience import Client, infrastructure, reason
 from harness.tasks import Task, task_defaults
+from harness.tasks.metrics import margin as metric_margin
 from harness.tasks.metrics import scale as metric_scale
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
@@ -210,6 +212,7 @@ def run_params(exp: Experiment, start: FitStart) -> dict[str, Any]:
                "n_params": start.n_params, "flops_per_sample": start.flops_per_sample, "kernel": start.kernel,
                "arch_family": arch.family, "arch_bidirectional": arch.bidirectional,
                "task_io": task.io, "task_metric": task.metric, "task_metric_scale": metric_scale(task.metric),
+               "task_metric_margin": metric_margin(task.metric),
                "task_metric_direction": "maximize" if task.maximize else "minimize"}
     if task.baseline is not None:  # the loss of the best input-blind predictor: learning starts below it
         params["task_baseline"] = task.baseline

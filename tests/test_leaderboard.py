@@ -32,6 +32,7 @@ def write_study(client, name, finals: dict[str, list[float]], *, metric="accurac
             for i, v in enumerate(seeds):
                 run = client.create_run(exp_id, run_name=f"{arch}-{role}-{i}")
                 params = {"model.arch": arch, "arch_family": FAMILY[arch], "task.name": task, "task_metric": metric,
+                          "task_metric_scale": "log" if metric == "mse" else "linear",
                           "task_metric_direction": "maximize" if maximize else "minimize", "train.seed": 1000 + i,
                           "trial_number": number, "n_params": 10}
                 tags = {"harness.role": role, "harness.study": name, "harness.state": "complete",
@@ -43,7 +44,7 @@ def write_study(client, name, finals: dict[str, list[float]], *, metric="accurac
 
 
 def board_cells(text: str) -> tuple[list[str], dict[str, list[str]]]:
-    lines = [line for line in text.split("## Training speed")[0].splitlines() if line.startswith("|")]
+    lines = [line for line in text.split("\n## ")[0].splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].split("|")[1:-1]]
     return header, {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
 
@@ -87,7 +88,7 @@ def test_leaderboard_ranks_each_column_its_own_way_and_runs_friedman_as_scipy_do
     signed = {n: {FAMILY[a]: np.mean(v) * (1 if mx else -1) for a, v in f.items()} for n, (f, mx) in STUDIES.items()}
     order = ["RNN", "LSTM", "GRU"]
     matrix = np.array([[signed[n][f] for f in order] for n in STUDIES])
-    by_hand = stats.rankdata(-matrix, axis=1).mean(axis=0)
+    by_hand = ((stats.rankdata(-matrix, axis=1) - 1) / 2).mean(axis=0)  # normalised: (rank − 1) / (3 − 1)
     assert [float(rows[f][1]) for f in order] == pytest.approx(by_hand, abs=0.01)
     p = stats.friedmanchisquare(*matrix.T).pvalue
     assert f"p = {p:.2g}" in text and "Friedman test over the 5 studies that all ran RNN, LSTM, GRU" in text
@@ -234,7 +235,7 @@ def test_real_studies_give_full_reports_one_colour_per_family_and_a_leaderboard(
     text = Path("out/dig.md").read_text()
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections == ["## Families", "## Plots", "## Search", "## Published references", "## Reproduction"]
-    assert text.split("\n\n")[1].startswith("**")  # the headline
+    assert text.split("\n\n")[1].startswith(("**", "Provisional: **"))  # the headline
     for png in re.findall(r"\]\((dig_\w+\.png)\)", text):
         assert matplotlib.image.imread(Path("out") / png).shape[2] in (3, 4), png
     assert {"dig_curves.png", "dig_gradflow.png", "dig_speed.png", "dig_trials.png"} <= set(re.findall(r"\((dig_\w+\.png)\)", text))
@@ -265,3 +266,49 @@ def test_real_studies_give_full_reports_one_colour_per_family_and_a_leaderboard(
         values = {fam: cell_value(r[col].strip("*")) for fam, r in rows.items() if r[col] != "—"}
         best = (max if maximize else min)(values, key=values.get)
         assert rows[best][col].startswith("**"), (study, values)
+
+
+def test_a_comparison_that_is_not_yet_fair_is_provisional_and_says_what_would_make_it_fair(workdir):
+    client = MlflowClient()
+    write_study(client, "unfair", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]})
+    exp_id = client.get_experiment_by_name("unfair").experiment_id
+    runs = client.search_runs([exp_id])
+    study = next(r for r in runs if r.data.tags["harness.role"] == "study")
+    client.set_tag(study.info.run_id, "harness.edges", "gru: best train.lr = 0.01 is the highest of [0.001, 0.01]")
+    for r in runs:
+        role, arch = r.data.tags["harness.role"], r.data.params.get("model.arch")
+        if role == "final" and arch == "rnn":  # still improving at the cap
+            client.log_batch(r.info.run_id, metrics=[Metric("budget_limited", 1.0, 0, 0)],
+                             params=[Param("train.epochs", "5")])
+        if role == "trial" and arch == "gru":  # two more trials for GRU, one tying its best validation value
+            for number, value in ((7, 0.93), (8, 0.90)):
+                extra = client.create_run(exp_id, run_name=f"gru-trial-{number}")
+                client.log_batch(extra.info.run_id, metrics=[Metric("best_val_accuracy", value, 0, 0)],
+                                 params=[Param(k, v) for k, v in r.data.params.items() if k != "trial_number"] +
+                                 [Param("trial_number", str(number))],
+                                 tags=[RunTag(k, v) for k, v in r.data.tags.items() if not k.startswith("mlflow.")])
+                client.set_terminated(extra.info.run_id, "FINISHED")
+    text = write_report("unfair", "out").read_text().split("\n\n")[1]
+    assert text.startswith("Provisional: **GRU** is ahead: test accuracy 0.94 (")
+    assert "LSTM 0.8133 and RNN 0.51 are worse" in text and "wins" not in text
+    reasons = text.split("The comparison is not yet fair: ")[1]
+    assert reasons == ("raise train.epochs: RNN was still improving at the cap (5); widen the search: gru: best train.lr = "
+                       "0.01 is the highest of [0.001, 0.01]; give each architecture the same search budget: GRU 3, "
+                       "LSTM 1, RNN 1 trials; use a larger validation set: selection saturated (2 trials of gru at "
+                       "validation 0.93, the earliest kept).")
+
+
+def test_studies_of_three_and_four_families_rank_on_one_scale_and_one_family_studies_stand_apart(workdir):
+    client = MlflowClient()
+    write_study(client, "three", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]})
+    write_study(client, "four", {"rnn": [0.40, 0.42, 0.41], "lstm": [0.90, 0.91, 0.92], "gru": [0.70, 0.72, 0.71],
+                                 "brnn": [0.60, 0.61, 0.62]})
+    write_study(client, "alone", {"lstm": [0.85, 0.86, 0.87]})
+    text = write_leaderboard("out").read_text()
+    header, rows = board_cells(text)
+    assert header[1] == "mean normalised rank" and not any(h.startswith("[alone]") for h in header)
+    # three: GRU 0, LSTM 0.5, RNN 1; four: LSTM 0, GRU 1/3, BRNN 2/3, RNN 1
+    expected = {"RNN": 1.0, "LSTM": 0.25, "GRU": (0 + 1 / 3) / 2, "BRNN": 2 / 3}
+    assert {f: float(r[1]) for f, r in rows.items()} == pytest.approx(expected, abs=0.005)
+    alone = text.split("## Studies of one family")[1].split("## ")[0]
+    assert "[alone](alone.md)" in alone and "LSTM" in alone and "accuracy 0.86" in alone

@@ -161,6 +161,10 @@ def test_edges_of_a_log_range():
                                            "model.hidden_size": optuna.distributions.CategoricalDistribution([16, 32, 64])})
 
     assert edges(exp, {"gru": trial(3e-3, 32)}) == []  # mid-range on a log scale, a middle choice
+    two = validate({"sweep": {"space": {"model.hidden_size": [64, 128]}}})  # the better of two may lie beyond
+    assert edges(two, {"gru": create_trial(params={"model.hidden_size": 128}, value=0.5, distributions={
+        "model.hidden_size": optuna.distributions.CategoricalDistribution([64, 128])})}) == [
+        "gru: best model.hidden_size = 128 is the highest of [64.0, 128.0]"]
     found = edges(exp, {"rnn": trial(1.1e-4, 16), "lstm": trial(0.09, 64)})
     assert found == ["rnn: best train.lr = 0.00011 is at the low end of its range [0.0001, 0.1]",
                      "rnn: best model.hidden_size = 16 is the lowest of [16.0, 32.0, 64.0]",

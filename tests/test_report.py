@@ -240,7 +240,8 @@ def test_the_headline_becomes_the_study_runs_description_and_stays_in_step(study
 
     assert note() is None
     text = write_report("s").read_text()
-    assert note() == text.splitlines()[2] and note().startswith("**BRNN (`bigru`) wins**")  # the report's headline
+    # the report's headline: provisional, as rnn was still improving at the cap and the trials were unequal
+    assert note() == text.splitlines()[2] and note().startswith("Provisional: **BRNN (`bigru`)** is ahead")
     client.set_tag(parent.info.run_id, "mlflow.note.content", "stale")
     assert main(["report", "s", "--out", "elsewhere"]) == 0
     assert note() == text.splitlines()[2]

@@ -373,8 +373,9 @@ def finish(procs: list[subprocess.Popen], timeout: float = 400) -> list[str]:
 @pytest.mark.slow
 def test_four_workers_on_a_new_sqlite_store_never_lose_a_grid_point(tmp_path, monkeypatch):
     """Two `harness sweep --jobs 2` started together on new stores, as the quickstart's two workers
-    do, twice: every grid point complete exactly once, no failed trial, one row per split."""
-    for attempt in range(2):
+    do: every grid point complete exactly once, no failed trial, one row per split. (The race is
+    timing-dependent; the spawned-barrier test above makes it every time.)"""
+    for attempt in range(1):
         folder = tmp_path / f"round-{attempt}"
         folder.mkdir()
         grid_file(folder)
@@ -393,8 +394,9 @@ def test_four_workers_on_a_new_sqlite_store_never_lose_a_grid_point(tmp_path, mo
 @pytest.mark.postgres
 def test_four_workers_on_a_new_postgres_study_and_store_never_lose_a_grid_point(postgres, tmp_path, monkeypatch):
     """The same on PostgreSQL, which has the same unique constraint: the study and MLflow's runs
-    each in a new database of the session's server."""
-    for attempt in range(2):
+    each in a new database of the session's server (on its first round it found two commands racing
+    to create MLflow's tables: harness.sweep.storage.store_lock)."""
+    for attempt in range(1):
         folder = tmp_path / f"round-{attempt}"
         folder.mkdir()
         grid_file(folder)

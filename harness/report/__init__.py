@@ -117,11 +117,55 @@ def headline(s: studies.Study) -> str:
             if inconclusive and wanted and chosen and int(wanted) > int(chosen):
                 text += (f" The power calculation asked for {wanted} final seeds; `repeat_max` capped them at {chosen}, "
                          "so the study cannot tell these apart at its margin.")
-    limited = [a for a in t.index if str(t.loc[a, "budget-limited"]).startswith("yes")]
-    if limited:
-        text += (f" {_and([name_of(t, a) for a in limited])} ran to the epoch cap still improving: the budget, "
-                 "not the architecture, may set {}.".format("its score" if len(limited) == 1 else "their scores"))
+    reasons = caveats(s) if len(t) > 1 else []
+    if reasons:
+        text = ("Provisional: " + text.replace(f"{name_of(t, best)} wins**", f"{name_of(t, best)}** is ahead")
+                .replace(f"{name_of(t, best)} leads**", f"{name_of(t, best)}** is ahead")
+                + " The comparison is not yet fair: " + "; ".join(reasons) + ".")
+    elif len(t) == 1 and str(t.loc[best, "budget-limited"]).startswith("yes"):
+        text += f" It ran to the epoch cap still improving: raise train.epochs ({_cap(s)}) before trusting its score."
     return text
+
+
+def _cap(s: studies.Study) -> str:
+    runs = s.finals if not s.finals.empty else s.runs
+    caps = num(runs, "params.train.epochs").dropna()
+    return f"the cap is {caps.max():g}" if len(caps) else "the cap"
+
+
+def caveats(s: studies.Study) -> list[str]:
+    """Why a study's comparison is not yet fair, each with the change that removes it: a compared
+    architecture still improving at the epoch cap, a best configuration on an edge of the searched
+    space, unequal search budgets, a selection that saturated (ties at the best validation value)."""
+    t, out = s.families, []
+    limited = [name_of(t, a) for a in t.index if str(t.loc[a, "budget-limited"]).startswith("yes")]
+    if limited:
+        out.append(f"raise train.epochs: {_and(limited)} {'was' if len(limited) == 1 else 'were'} still improving at "
+                   f"the cap ({_cap(s).removeprefix('the cap is ')})")
+    if s.tags.get("harness.edges"):
+        out.append(f"widen the search: {s.tags['harness.edges']}")
+    trials = t["trials"].dropna().astype(int) if "trials" in t else pd.Series(dtype=int)
+    if trials.nunique() > 1:
+        out.append("give each architecture the same search budget: " +
+                   ", ".join(f"{name_of(t, a)} {n}" for a, n in trials.sort_values(ascending=False, kind="stable").items()) + " trials")
+    tied = saturated(s)
+    if tied:
+        out.append("use a larger validation set: selection saturated (" + "; ".join(tied) + ", the earliest kept)")
+    return out
+
+
+def saturated(s: studies.Study) -> list[str]:
+    """Architectures whose best validation value several search trials share: the choice among them
+    was the trial number's, not the data's."""
+    val = num(s.runs, f"metrics.best_val_{s.metric}")
+    done = s.runs.assign(_v=val)[(s.runs["status"] == "FINISHED") & val.notna()]
+    out = []
+    for arch, g in done.groupby("params.model.arch"):
+        best = g["_v"].max() if s.maximize else g["_v"].min()
+        k = int((g["_v"] == best).sum())
+        if k > 1:
+            out.append(f"{k} trials of {arch} at validation {best:.4g}")
+    return out
 
 
 def _and(names: list[str]) -> str:
@@ -258,8 +302,12 @@ def reproduction(s: studies.Study) -> list[str]:
     if not r:
         return ["The study's runs do not record how they were run (a sweep from before harness recorded it)."]
     lines = []
+    commit = r.get("git_commit", "")
     if r.get("command"):
-        lines += ["The last sweep command, then this report's:", "", "```", r["command"], f"harness report {s.name}", "```", ""]
+        checkout = [f"git checkout {commit.removesuffix('+dirty')}"] if commit and " " not in commit else []
+        said = ("the harness commit (it had uncommitted changes), " if commit.endswith("+dirty") else
+                "the harness commit, " if checkout else "") + "the last sweep command, then this report's:"
+        lines += [said[0].upper() + said[1:], "", "```", *checkout, r["command"], f"harness report {s.name}", "```", ""]
     start, end = s.tags.get("_start_time"), s.tags.get("_end_time")
     facts = {"experiment file": f"`{r['experiment_file']}` (SHA-256 `{r['experiment_sha256'][:16]}…`)" if r.get("experiment_file") else None,
              "harness commit": f"`{r.get('git_commit')}`", "torch / MLflow / Optuna / Python":

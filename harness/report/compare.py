@@ -18,8 +18,8 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.report import md, staged, stats
 from harness.report import study as studies
-from harness.report.runs import num, open_store
-from harness.tasks import metrics
+from harness.report.runs import metric_margin, num, open_store
+from harness.scales import DEFAULT_MARGIN
 
 WORDS = {"worse": "differs", "equivalent": "equivalent", "inconclusive": "inconclusive"}
 
@@ -40,9 +40,9 @@ def compare(a: studies.Study, b: studies.Study, metric: str | None = None,
     """The comparison table (one row per shared architecture), its verdicts, the compared key, its
     scale and the margin."""
     key = metric or f"test_{a.metric}"
-    name = key.removeprefix("test_")
-    scale = a.scale if key == f"test_{a.metric}" else metrics.scale(name)
-    margin = margin or (metrics.margin(name) if name in metrics.list_metrics() else metrics.DEFAULT_MARGIN[scale])
+    task_metric = key.endswith(f"_{a.metric}")  # test_, best_val_: the task's metric, on its scale
+    scale = a.scale if task_metric else "linear"
+    margin = margin or (metric_margin(a.runs) if task_metric else DEFAULT_MARGIN[scale])
     left, right = _by_seed(a, key), _by_seed(b, key)
     shared = [arch for arch in left if arch in right]
     if not shared:

@@ -1,13 +1,15 @@
 """`harness report --all`: the leaderboard across every study in the MLflow store, `reports/README.md`.
 
-Rows are families (each study's best architecture of the family stands for it), columns studies.
-A cell is the final runs' mean test metric with its 95% interval, the column's best in bold and
+Rows are families (each study's best architecture of the family stands for it), columns the
+studies that compared two or more families (studies of one family get a section of their own).
+A cell is the final runs' mean test metric with its 95% interval, the column's best in bold,
 those equivalent to the best within the study's margin marked ≈, those the seeds could not
-decide marked ?. Families are ranked within each
-study (1 = best, the metric's own direction) and the ranks averaged; over the studies every
-compared family ran, a Friedman test with the Nemenyi post-hoc test and its critical-difference
-diagram (Demšar 2006), as `autorank` computes and draws them. A second table gives training speed
-and its share of the device's peak, family × study.
+decide marked ?; a study whose comparison was not yet fair is marked provisional. Families are
+ranked within each study (normalised: 0 = best, 1 = last, the metric's own direction) and the
+ranks averaged; over the studies every compared family ran, a Friedman test with the Nemenyi
+post-hoc test and its critical-difference diagram (Demšar 2006), as `autorank` computes and
+draws them. A second table gives training speed, its share of the device's peak and the kernel,
+family × study.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from harness.config import tracking_uri
 from harness.errors import HarnessError
 from harness.families import ordered
-from harness.report import md, staged
+from harness.report import caveats, md, staged
 from harness.report import study as studies
 
 MIN_STUDIES = 5  # autorank's minimum for a Friedman test (Demšar 2006 asks for more to trust it)
@@ -39,11 +41,11 @@ def study_names(client: MlflowClient) -> list[str]:
 
 
 def scores(loaded: list[studies.Study]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(mean, cell text, speed text) tables, families × studies."""
+    """(mean, cell text, speed text) tables, families × the studies that compared two or more families."""
     mean, cell, speed = {}, {}, {}
     for s in loaded:
         rows = s.verdict_rows()
-        if rows.empty:
+        if len(rows) < 2:
             continue
         test = f"test {s.metric}"
         best = rows[test].idxmax() if s.maximize else rows[test].idxmin()
@@ -58,18 +60,41 @@ def scores(loaded: list[studies.Study]) -> tuple[pd.DataFrame, pd.DataFrame, pd.
                 text = f"{r['verdict'].mark} {text}"
             texts[fam] = text
         cell[s.name] = pd.Series(texts)
-        peak = rows["peak fraction"]
-        speed[s.name] = pd.Series({fam: (f"{r['train samples/s']}" + (f" ({peak[fam]:.2f})" if pd.notna(peak[fam]) else ""))
-                                   if pd.notna(r["train samples/s"]) else None for fam, r in rows.iterrows()})
+        speed[s.name] = pd.Series({fam: _speed_cell(r) for fam, r in rows.iterrows()})
     frames = [pd.DataFrame(d) for d in (mean, cell, speed)]
     order = ordered(set().union(*(f.index for f in frames)))
     return tuple(f.reindex(order) for f in frames)
 
 
+def _speed_cell(r: pd.Series) -> str | None:
+    """Training samples/s, with the share of the peak and the kernel that set it."""
+    if pd.isna(r["train samples/s"]):
+        return None
+    extra = [f"{r['peak fraction']:.2f}" if pd.notna(r["peak fraction"]) else None, r.get("kernel") or None]
+    extra = [e for e in extra if e]
+    return f"{r['train samples/s']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def single_family(loaded: list[studies.Study]) -> pd.DataFrame:
+    """The studies of one family (a notebook's model, one precision): not ranked, listed apart."""
+    rows = {}
+    for s in loaded:
+        fam = s.verdict_rows()
+        if len(fam) == 1:
+            r = fam.iloc[0]
+            rows[s.name] = {"study": f"[{s.name}]({s.name}.md)", "task": s.task, "family": fam.index[0],
+                            "test metric": f"{s.metric} {r[f'test {s.metric}']:.4g}", "95% interval": r["95% interval"],
+                            "seeds": r["seeds"], "train samples/s": _speed_cell(r)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def ranks(mean: pd.DataFrame, maximize: dict[str, bool]) -> pd.DataFrame:
-    """Each family's rank in each study that compared at least two (1 = best, ties averaged)."""
+    """Each family's normalised rank in each study that compared at least two: (rank − 1) / (n − 1)
+    over the n families the study ran (0 = best, 1 = last, ties averaged), so a study of three
+    families and one of four rank on one scale."""
     compared = [c for c in mean if mean[c].notna().sum() >= 2]
-    return pd.DataFrame({c: mean[c].rank(ascending=not maximize[c], method="average") for c in compared})
+    return pd.DataFrame({c: (mean[c].rank(ascending=not maximize[c], method="average") - 1) / (mean[c].notna().sum() - 1)
+                         for c in compared})
 
 
 def friedman(mean: pd.DataFrame, maximize: dict[str, bool], cd_path: Path) -> tuple[list[str], bool]:
@@ -107,9 +132,12 @@ def friedman(mean: pd.DataFrame, maximize: dict[str, bool], cd_path: Path) -> tu
     plt.close(ax.figure)
     verdict = "differ" if result.pvalue < 0.05 else "cannot be told apart"
     left_out = [c for c in compared if c not in studies]
+    dropped = [f for f in mean.index if present.loc[f].any() and f not in families]
     lines = [f"Friedman test over the {len(studies)} studies that all ran {', '.join(families)}: p = {result.pvalue:.2g}, "
              f"so their ranks {verdict} at α = 0.05" + (f" ({', '.join(left_out)} left out: not every one of these families ran)"
-                                                         if left_out else "") + "."]
+                                                         if left_out else "") + "." +
+             (f" Left out of the test and the diagram: {', '.join(f'{f} (ran in {present.loc[f].sum()})' for f in dropped)}, "
+              "run by too few of these studies." if dropped else "")]
     if result.cd is not None:
         lines.append(f"Nemenyi critical difference: {result.cd:.2f} ranks; families whose mean ranks differ by less "
                      "are joined by a bar in the diagram (Demšar 2006).")
@@ -126,9 +154,12 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
     mean, cells, speed = scores(loaded)
     header = {s.name: f"[{s.name}]({s.name}.md) · {s.task} · {s.metric} {'↑' if s.maximize else '↓'}" for s in loaded}
     rank = ranks(mean, maximize)
+    provisional = {s.name for s in loaded if caveats(s)}
+    header = {k: v + (" · provisional" if k in provisional else "") for k, v in header.items()}
     board = cells.rename(columns=header).rename_axis("family")
-    board.insert(0, "mean rank", rank.mean(axis=1).round(2))
+    board.insert(0, "mean normalised rank", rank.mean(axis=1).round(2))
     board.insert(1, "studies ranked", rank.notna().sum(axis=1))
+    alone = single_family(loaded)
     with staged(out) as tmp:
         stats_lines, drawn = friedman(mean, maximize, tmp / "leaderboard_cd.png")
         lines = ["# Leaderboard: recurrent architecture families across tasks", "",
@@ -136,15 +167,21 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
                  "never used for selection; geometric for a log-scale metric such as MSE) and 95% interval. **Bold**: the "
                  "study's best; ≈: equivalent to it within the study's margin (paired equivalence test, TOST, "
                  "Holm-corrected); ?: inconclusive (neither worse nor equivalent over the seeds run); no mark: worse "
-                 "or no verdict (see the study's report); —: not in the study. `mean rank`: the "
-                 "family's rank averaged over the studies that compared at least two families (1 = best, in each metric's "
-                 "own direction: ↑ higher is better, ↓ lower).", "", md(board), "", *stats_lines, ""]
+                 "or no verdict (see the study's report); —: not in the study; `provisional` in a column's head: the "
+                 "study's comparison was not yet fair (its report's headline says why). `mean normalised rank`: the "
+                 "family's rank in each study that compared at least two families, as (rank − 1) / (families − 1), "
+                 "0 the best and 1 the last in each metric's own direction (↑ higher is better, ↓ lower), so studies "
+                 "of three and of four families count alike, averaged.", "", md(board), "", *stats_lines, ""]
         if drawn:
             lines += ["![critical-difference diagram](leaderboard_cd.png)", ""]
+        if not alone.empty:
+            lines += ["## Studies of one family", "",
+                      "Studies that ran one family (a notebook's model, one precision): nothing to rank, so listed apart.",
+                      "", md(alone.set_index("study")), ""]
         lines += ["## Training speed", "",
                   "Training samples/s of the same runs (median over the final runs that had the cores to themselves) and, in "
                   "brackets, its share of the device's matmul peak in the runs' precision (see each study's report for the "
-                  "yardstick). Studies may have run on different machines and precisions: compare within a column.", "", md(speed.rename(columns=header).rename_axis("family")), ""]
+                  "yardstick) and the kernel the recurrent layers ran on. Studies may have run on different machines and precisions: compare within a column.", "", md(speed.rename(columns=header).rename_axis("family")), ""]
         if skipped:
             lines += ["Left out: " + "; ".join(skipped) + ".", ""]
         lines += ["Generated by `harness report --all` from the MLflow store; each study's own report is linked in its column.", ""]

@@ -15,7 +15,7 @@ from mlflow.utils import get_results_from_paginated_fn
 
 from harness.config import tracking_uri
 from harness.errors import HarnessError
-from harness.tasks import metrics
+from harness.scales import DEFAULT_MARGIN
 
 PAGE = 50_000  # MLflow's largest page: each page re-runs the query, so few pages read a big study fastest
 
@@ -89,10 +89,17 @@ def state(runs: pd.DataFrame) -> pd.Series:
     return states.mask(col(runs, "tags.harness.failure").isin(INTERRUPTED), "interrupted")
 
 
-def metric_scale(runs: pd.DataFrame, metric: str) -> str:
-    """`linear` or `log`: as the runs logged it (`task_metric_scale`), else as the metric registry says."""
+def metric_scale(runs: pd.DataFrame) -> str:
+    """`linear` or `log`, as the runs logged it (`task_metric_scale`); runs from before harness
+    logged it were compared on the linear scale."""
     logged = col(runs, "params.task_metric_scale").dropna()
-    return str(logged.iloc[0]) if len(logged) else metrics.scale(metric)
+    return str(logged.iloc[0]) if len(logged) else "linear"
+
+
+def metric_margin(runs: pd.DataFrame) -> float:
+    """The metric's default equivalence margin, as the runs logged it (`task_metric_margin`)."""
+    logged = num(runs, "params.task_metric_margin").dropna()
+    return float(logged.iloc[0]) if len(logged) else DEFAULT_MARGIN[metric_scale(runs)]
 
 
 def study_tags(study: str, client: MlflowClient) -> dict[str, str]:

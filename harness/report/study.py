@@ -60,4 +60,4 @@ def load(name: str, client: MlflowClient) -> Study:
     families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids), margin)
     return Study(name=name, runs=runs, finals=finals, metric=metric, maximize=maximize, tags=tags, families=families,
                  search=search_table(runs), references=json.loads(tags.get("harness.references", "[]")),
-                 scale=metric_scale(runs, metric))
+                 scale=metric_scale(runs))

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness.report import stats
-from harness.report.runs import col, metric_name, metric_scale, num, state
-from harness.tasks import metrics
+from harness.report.runs import col, metric_margin, metric_name, metric_scale, num, state
 
 # Columns shown with their own number format (the rest: 4 significant figures).
 FORMATS = {"grad flow rate": "#.3g", "grad flow rate (bwd)": "#.3g", "sd over seeds": ".2g"}
@@ -79,8 +78,8 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     failed, interrupted). Without final runs each architecture's best search trial stands in, one
     seed, no verdict. The table's `attrs` hold the scale and margin."""
     metric, maximize = metric_name(runs)
-    scale = metric_scale(runs, metric)
-    margin = metrics.margin(metric) if margin is None else margin
+    scale = metric_scale(runs)
+    margin = metric_margin(runs) if margin is None else margin
     if finals.empty:
         finals = best_trials(runs).reset_index().assign(seed=lambda d: num(d, "params.train.seed"))
     test = f"test {metric}"

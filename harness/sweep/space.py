@@ -233,8 +233,8 @@ def edges(exp: Experiment, best: dict[str, FrozenTrial]) -> list[str]:
                 continue
             if spec.choices is not None:
                 values = sorted({v for v in spec.choices if _numeric(v)})
-                # Two values are a choice (forget_bias 0 or 1), not a range with an inside.
-                if len(values) < 3 or values[0] < value < values[-1]:
+                # Two values are an edge too: the better of 64 and 128 may be 256.
+                if len(values) < 2 or values[0] < value < values[-1]:
                     continue
                 where = "lowest" if value == values[0] else "highest"
                 out.append(f"{arch}: best {key} = {value:g} is the {where} of {[float(f'{v:g}') for v in values]}")

@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import Registry
+from harness.scales import DEFAULT_MARGIN, SCALES
 
 _metrics = Registry("metric", dashes=False)
 
 
-SCALES = ("linear", "log")
-DEFAULT_MARGIN = {"linear": 0.005, "log": 1.1}  # half an accuracy point; 10% of an error
 
 
 def register_metric(fn: Callable | None = None, *, higher_is_better: bool, name: str | None = None,

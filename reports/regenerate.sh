@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Re-run every committed study at one commit and write its report, the leaderboard and the
+# precision comparison: what to run when a change alters what runs measure. From a clean checkout
+# (the reports name the commit they ran at), on the machine the reports should describe, with
+# nothing else running (speeds are measured). Runs go to runs/ (ignored by git): a fresh MLflow
+# store and Optuna storage, so every report holds this commit's runs only.
+#   reports/regenerate.sh            # every study, about an hour on a 2-core CPU
+#   reports/regenerate.sh quickstart # some studies; the leaderboard covers whatever runs/ holds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "$(git status --porcelain -- harness experiments pyproject.toml)" ]; then
+    echo "reports/regenerate.sh: harness/, experiments/ or pyproject.toml has uncommitted changes; commit them first" >&2
+    exit 2
+fi
+studies=("$@")
+if [ ${#studies[@]} -eq 0 ]; then
+    studies=(quickstart rnn_types_digits rnn_types_fashion long_range_adding copy_memory
+             seed_fashion_lstm seed_fashion_fp32 seed_fashion_bf16)
+fi
+mkdir -p runs
+export MLFLOW_TRACKING_URI=sqlite:///runs/mlflow.db
+start=$(date +%s)
+for study in "${studies[@]}"; do
+    harness sweep "experiments/$study.toml" --storage sqlite:///runs/optuna.db --out runs/scratch
+done
+harness report --all
+if [[ " ${studies[*]} " == *" seed_fashion_fp32 "* && " ${studies[*]} " == *" seed_fashion_bf16 "* ]]; then
+    harness compare seed_fashion_fp32 seed_fashion_bf16
+fi
+echo "reports/regenerate.sh: ${studies[*]}: $(( ($(date +%s) - start) / 60 )) min in all, at $(git rev-parse --short HEAD)"
