@@ -32,9 +32,11 @@ class TrialResult:
     best_val: float = math.nan
     epochs_run: int = 0
     stopped_early: bool = False  # train.patience ended it before the cap
-    # It ran to the cap with its best epoch among the last few (the patience, else a tenth of
-    # the epochs): still improving, so the budget, not the architecture, set its score.
+    # It ran to the cap with its best epoch among the last max(patience, a tenth of the epochs),
+    # or its validation curve still improving over them: the budget, not the architecture, set
+    # its score.
     budget_limited: bool = False
+    clip_share: float = math.nan  # share of all optimiser steps that train.clip_norm clipped
     test_loss: float = math.nan
     test_metric: float = math.nan
     test_per_example: list[float] = field(default_factory=list)  # the test metric of each test example
@@ -56,6 +58,7 @@ class TrialResult:
             "epochs_run": float(self.epochs_run),
             "stopped_early": float(self.stopped_early),
             "budget_limited": float(self.budget_limited),
+            "clip_share": self.clip_share,
             # the median over epochs 2..E that had the cores to themselves (harness.speed)
             "train_samples_per_s": self.speed.get("train_samples_per_s", math.nan),
             "total_time_s": self.total_time_s,

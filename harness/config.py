@@ -153,6 +153,13 @@ class SweepSettings(_Section):
     timeout: float | None = Field(default=None, gt=0)  # seconds after which no trial starts
     sampler: Literal["tpe", "random", "grid", "qmc", "nsga2"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
+    # With several architectures in the space: the same number of trials each, each searched by
+    # a sampler of its own (a grid is equal by construction); false lets the sampler pick them.
+    equal_budgets: bool = True
+    # Give every trial's model the hidden size whose parameter count is nearest this (within 5%),
+    # so architectures are compared at one size (harness.sweep.sizes); model.hidden_size is then
+    # not searched.
+    match_params: int | None = Field(default=None, gt=0)
     seed: int | None = Field(default=0, ge=0, le=SEED_MAX)
     # "val_<metric>:max" style keys of the trial result; empty means the task's own validation metric.
     objectives: list[str] = []

@@ -213,9 +213,13 @@ def run_params(exp: Experiment, start: FitStart) -> dict[str, Any]:
                "arch_family": arch.family, "arch_bidirectional": arch.bidirectional,
                "task_io": task.io, "task_metric": task.metric, "task_metric_scale": metric_scale(task.metric),
                "task_metric_margin": metric_margin(task.metric),
-               "task_metric_direction": "maximize" if task.maximize else "minimize"}
+               "task_metric_direction": "maximize" if task.maximize else "minimize",
+               "torch_threads": torch.get_num_threads()}  # speed is per thread count: a search and its finals must match
     if task.baseline is not None:  # the loss of the best input-blind predictor: learning starts below it
         params["task_baseline"] = task.baseline
+    if exp.sweep.match_params:  # model.hidden_size was chosen to bring n_params near it
+        params["match_params"] = exp.sweep.match_params
+    params["task_metric_baseline"] = task.metric_baseline  # its test metric: a model here learned nothing
     return params
 
 

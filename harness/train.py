@@ -20,6 +20,7 @@ instead). `train.precision` runs every forward, training and evaluation, under i
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -122,7 +123,10 @@ def fit(
         batch = slice(0, cfg.batch_size)
         figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device,
                                                  precision=cfg.precision)
+        t0, cpu0 = time.perf_counter(), time.process_time()
         peak = speed.device_peak_gflops(device, DTYPES[cfg.precision])
+        # under 1 on a CPU: the peak shared its cores, so it reads low and peak_fraction high
+        figures["peak_cpu_share"] = (time.process_time() - cpu0) / ((time.perf_counter() - t0) * torch.get_num_threads())
         result.speed |= figures | speed.training_speed(result.flops_per_sample, figures["train_samples_per_s"], peak)
     except BaseException as e:
         try:  # what was recorded up to the failure still reaches the callbacks
@@ -138,6 +142,15 @@ def fit(
     for cb in callbacks:
         cb.on_fit_end(result)
     return result
+
+
+def still_improving(curve: list[float], best_epoch: int, window: int, maximize: bool) -> bool:
+    """Whether a run the epoch cap stopped was still improving: its best epoch among the last
+    `window`, or its validation curve better at its end than `window` epochs before (a plateau
+    that began to climb again)."""
+    tail = curve[-window - 1:]
+    climbing = len(tail) > 1 and (tail[-1] > tail[0] if maximize else tail[-1] < tail[0])
+    return best_epoch > len(curve) - window or climbing
 
 
 def _grad_records(grad_stats: GradStats | None, callbacks: Sequence[Callback]) -> None:
@@ -157,7 +170,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     best_state = None
     n, m, step = len(x_train), task.metric, 0
     # Epochs at the end that count as "still improving" when the cap stops a run.
-    window = cfg.patience or max(1, cfg.epochs // 10)
+    window = max(cfg.patience or 0, math.ceil(cfg.epochs / 10), 1)
+    clipped = torch.zeros((), device=device)  # steps whose norm exceeded clip_norm (on the device: no sync)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -190,6 +204,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
                 raise failure
             if cfg.clip_norm is not None:
                 clip_(params, cfg.clip_norm, norm)
+                clipped = clipped + (norm > cfg.clip_norm)
             scaler.step(opt)  # opt.step() unless fp16
             scaler.update()
             # Accumulate on device: no host sync per step.
@@ -230,7 +245,9 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
         if cfg.patience is not None and epoch - result.best_epoch >= cfg.patience:
             result.stopped_early = True
             break
-    result.budget_limited = not result.stopped_early and result.best_epoch > result.epochs_run - window
+    result.clip_share = clipped.item() / step if cfg.clip_norm is not None and step else math.nan
+    result.budget_limited = not result.stopped_early and still_improving(
+        [r[f"val_{m}"] for r in result.history], result.best_epoch, window, task.maximize)
     model.load_state_dict(best_state)
     if gradflow:  # on the chosen weights, before the test split is looked at
         result.gradflow = flow.measure(model, *flow.fixed_batch(task), task.loss_fn, device)

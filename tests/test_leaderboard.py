@@ -23,7 +23,8 @@ from harness.report import write_leaderboard, write_report
 FAMILY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "brnn": "BRNN"}
 
 
-def write_study(client, name, finals: dict[str, list[float]], *, metric="accuracy", maximize=True, task="digits"):
+def write_study(client, name, finals: dict[str, list[float]], *, metric="accuracy", maximize=True, task="digits",
+                baseline: float | None = None, sizes: dict[str, int] | None = None, clip: dict[str, float] | None = None):
     """A study whose architectures' final runs scored `finals` (seeds 1000, 1001, …), one search trial each."""
     exp_id = client.create_experiment(name)
     client.create_run(exp_id, run_name=name, tags={"harness.role": "study", "harness.study": name})
@@ -34,11 +35,13 @@ def write_study(client, name, finals: dict[str, list[float]], *, metric="accurac
                 params = {"model.arch": arch, "arch_family": FAMILY[arch], "task.name": task, "task_metric": metric,
                           "task_metric_scale": "log" if metric == "mse" else "linear",
                           "task_metric_direction": "maximize" if maximize else "minimize", "train.seed": 1000 + i,
-                          "trial_number": number, "n_params": 10}
+                          "trial_number": number, "n_params": (sizes or {}).get(arch, 10),
+                          **({"task_metric_baseline": baseline} if baseline is not None else {})}
                 tags = {"harness.role": role, "harness.study": name, "harness.state": "complete",
                         "harness.config": f"c-{arch}", "harness.source_trial": str(number)}
                 client.log_batch(run.info.run_id, metrics=[Metric(f"test_{metric}", v, 0, 0), Metric(f"best_val_{metric}", v, 0, 0),
-                                                           Metric("train_samples_per_s", 100.0 * (number + 1), 0, 0)],
+                                                           Metric("train_samples_per_s", 100.0 * (number + 1), 0, 0),
+                                                           *([Metric("clip_share", clip[arch], 0, 0)] if clip else [])],
                                  params=[Param(k, str(p)) for k, p in params.items()], tags=[RunTag(k, str(t)) for k, t in tags.items()])
                 client.set_terminated(run.info.run_id, "FINISHED")
 
@@ -312,3 +315,35 @@ def test_studies_of_three_and_four_families_rank_on_one_scale_and_one_family_stu
     assert {f: float(r[1]) for f, r in rows.items()} == pytest.approx(expected, abs=0.005)
     alone = text.split("## Studies of one family")[1].split("## ")[0]
     assert "[alone](alone.md)" in alone and "LSTM" in alone and "accuracy 0.86" in alone
+
+
+def test_a_family_at_the_tasks_baseline_did_not_learn_and_is_not_ranked_as_worse(workdir):
+    client = MlflowClient()
+    write_study(client, "blind", {"rnn": [0.12, 0.125, 0.13], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]},
+                baseline=0.125)
+    write_study(client, "none", {"rnn": [0.12, 0.125, 0.13], "gru": [0.124, 0.126, 0.128]}, baseline=0.125)
+    text = write_report("blind", "out").read_text()
+    row = next(line for line in text.split("## Families")[1].splitlines() if line.startswith("| rnn"))
+    assert "did not learn (baseline 0.125)" in row
+    assert text.split("\n\n")[1].endswith("; LSTM 0.8133 is worse (Holm-corrected paired tests, p ≤ "
+                                            f"{text.split('p ≤ ')[1].split(')')[0]}); RNN 0.125 did not learn (95% interval "
+                                            "reaching the task's input-blind baseline, 0.125).")
+    none = write_report("none", "out").read_text().split("\n\n")[1]
+    assert none == ("No architecture learned: every test accuracy is within reach of the task's input-blind baseline, "
+                    "0.125 (GRU 0.126 the closest to learning).")
+    header, rows = board_cells(write_leaderboard("out").read_text())
+    col = next(i for i, h in enumerate(header) if h.startswith("[blind]"))
+    assert rows["RNN"][col].startswith("∅ ") and rows["GRU"][col].startswith("**")
+
+
+def test_the_headline_notes_sizes_far_apart_and_a_clip_that_bound_on_most_steps(workdir):
+    client = MlflowClient()
+    write_study(client, "sized", {"rnn": [0.50, 0.52, 0.51], "gru": [0.93, 0.95, 0.94]}, sizes={"rnn": 4938, "gru": 13514},
+                clip={"rnn": 0.83, "gru": 0.1})
+    head = write_report("sized", "out").read_text().split("\n\n")[1]
+    assert head.endswith(" Note: sizes differ 2.7× (RNN 4,938 parameters, GRU 13,514): capacity differs with the "
+                         "architecture; `sweep.match_params` compares them at one size; train.clip_norm clipped most "
+                         "steps of RNN (83%): the clip, more than the learning rate, set their step size.")
+    write_study(client, "even", {"rnn": [0.50, 0.52, 0.51], "gru": [0.93, 0.95, 0.94]}, sizes={"rnn": 9000, "gru": 13514},
+                clip={"rnn": 0.5, "gru": 0.1})
+    assert "Note:" not in write_report("even", "out").read_text().split("\n\n")[1]

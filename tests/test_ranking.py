@@ -138,6 +138,16 @@ def test_patience_stops_a_run_that_no_longer_improves():
     assert capped.budget_limited == (capped.best_epoch == 2)  # without patience: the last tenth (one epoch) of the cap
 
 
+def test_still_improving_looks_at_the_last_tenth_or_the_patience_and_at_the_curve():
+    from harness.train import still_improving
+
+    flat_then_climbing = [0.1, 0.5, 0.6, 0.6, 0.55, 0.5, 0.52, 0.54, 0.56, 0.58]  # best at 3, climbing again
+    assert still_improving(flat_then_climbing, best_epoch=3, window=3, maximize=True)  # 0.58 > 0.5, 3 epochs before
+    assert not still_improving(flat_then_climbing[:6], best_epoch=3, window=2, maximize=True)  # falling at the end
+    assert still_improving([0.5, 0.4, 0.3], best_epoch=3, window=1, maximize=False)  # MSE still falling
+    assert not still_improving([0.5, 0.3, 0.3], best_epoch=2, window=1, maximize=False)  # flat: the cap did not bind
+
+
 def test_the_edge_warning_fires_when_the_best_is_the_last_grid_value(tiny, workdir):
     exp = load(tiny, "name='edge'", "sweep.sampler='grid'", "sweep.space_by_arch={}", "sweep.repeat=0",
                "sweep.space={'model.arch' = ['gru'], 'train.lr' = [0.00001, 0.001, 0.03]}")

@@ -596,3 +596,58 @@ def test_the_median_pruner_compares_a_trial_with_its_own_architecture_only():
         study.add_trial(optuna.trial.create_trial(params={"model.arch": "rnn"}, distributions=arch, value=value,
                                                   intermediate_values={1: value, 2: value}))
     assert ByArchitecture(plain).prune(study, slow)  # worse than the median RNN: pruned
+
+
+def _budgets(exp: Experiment, n: int, storage: str | None = None) -> tuple[dict[str, int], optuna.Study]:
+    """`n` trials of a study whose GRUs score far above everything else, sampled as a sweep does."""
+    from harness.sweep.space import make_sampler, suggest
+
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(exp, False, 0, storage),
+                                storage=storage)
+    seen: dict[str, list[float]] = {}
+
+    def objective(trial):
+        values = suggest(trial, exp)
+        seen.setdefault(values["model.arch"], []).append(values["train.lr"])
+        return (1.0 if values["model.arch"] == "gru" else 0.1) - abs(values["train.lr"] - 0.01)
+
+    study.optimize(objective, n_trials=n)
+    return {a: len(v) for a, v in seen.items()}, study
+
+
+def test_every_architecture_gets_the_same_search_budget_under_tpe(exp_file, workdir):
+    exp_file.write_text(EXPERIMENT.replace('["rnn", "gru"]', '["rnn", "lstm", "gru"]').replace('"random"', '"tpe"'))
+    exp = load(exp_file)
+    assert _budgets(exp, 9)[0] == {"rnn": 3, "lstm": 3, "gru": 3}
+    counts, study = _budgets(exp, 36, f"sqlite:///{workdir}/budgets.db")
+    assert counts == {"rnn": 12, "lstm": 12, "gru": 12}
+    # the architecture a trial was given is the one it trained, and its sampler reads only its own
+    # (through the private twin of get_trials that TPE calls)
+    assert all(t.user_attrs["harness_arch"] == t.params["model.arch"] for t in study.trials)
+    from harness.sweep.optuna_private import same_architecture
+    view = same_architecture(study, "gru")
+    assert {t.params["model.arch"] for t in view._get_trials(deepcopy=False, use_cache=True)} == {"gru"}
+    assert len(view.get_trials(deepcopy=False)) == 12
+    # left to TPE, the architecture is one more dimension to exploit
+    free, _ = _budgets(exp.with_values({"sweep.equal_budgets": False}), 36)
+    assert free["gru"] > 12 and min(free.values()) < 12
+
+
+def test_match_params_gives_every_architecture_one_size(exp_file):
+    exp = load(exp_file, "name='matched'", "sweep.match_params=3000", "sweep.n_trials=2", "sweep.repeat=1",
+               "sweep.space={'model.arch' = ['rnn', 'lstm']}", "sweep.space_by_arch={}")
+    run(exp, progress=False)
+    trained = [r for r in runs_of("matched") if r.data.tags.get("harness.role") in ("trial", "final")]
+    assert {r.data.tags["harness.role"] for r in trained} == {"trial", "final"}
+    counts = {r.data.params["model.arch"]: int(r.data.params["n_params"]) for r in trained}
+    assert set(counts) == {"rnn", "lstm"}
+    assert all(abs(n - 3000) <= 150 for n in counts.values()), counts
+    widths = {r.data.params["model.arch"]: int(r.data.params["model.hidden_size"]) for r in trained}
+    assert widths["rnn"] > 1.5 * widths["lstm"]  # an LSTM spends four gates' weights per unit
+    assert all(r.data.params["match_params"] == "3000" for r in trained)
+
+    with pytest.raises(HarnessError, match="match_params sets model.hidden_size"):
+        run(load(exp_file, "name='m2'", "sweep.match_params=3000", "sweep.space={'model.hidden_size' = [8, 16]}",
+                     "sweep.space_by_arch={}"))
+    with pytest.raises(HarnessError, match=r"match_params = 5: the nearest rnn has .* more than 5% off"):
+        run(load(exp_file, "name='m3'", "sweep.match_params=5"))

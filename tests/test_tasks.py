@@ -390,3 +390,17 @@ def test_training_learns_each_io_kind(io, task, arch, hidden, epochs, check):
     vals = [h[f"val_{t.metric}"] for h in result.history]
     assert result.best_val == (max(vals) if t.maximize else min(vals)) == vals[result.best_epoch - 1]
     assert check(result, t), (result.test_loss, result.test_metric, t.baseline)
+
+
+def test_a_tasks_metric_baseline_is_the_best_input_blind_predictors_test_metric():
+    from collections import Counter
+
+    digits = load_task("digits")
+    counts = Counter(digits.y_train.tolist())
+    majority = max(range(10), key=lambda c: (counts[c], -c))  # the class scoring best on the training targets
+    assert digits.metric_baseline == pytest.approx((digits.y_test == majority).float().mean().item())
+    adding = load_task("adding", seq_len=8, train_size=300, test_size=60)
+    mean = adding.y_train.float().mean(0)
+    assert adding.metric_baseline == pytest.approx(((adding.y_test - mean) ** 2).mean().item(), rel=1e-5)
+    copy = load_task("copy", delay=5, train_size=200, test_size=50)
+    assert 0.05 < copy.metric_baseline < 0.25  # one symbol of eight predicted everywhere

@@ -72,7 +72,8 @@ def headline(s: studies.Study) -> str:
     t, test = s.families, f"test {s.metric}"
     if t.empty:
         return "No final run finished: nothing to compare yet."
-    best = t.index[0]
+    best = next((a for a in t.index if getattr(t.loc[a, "verdict"], "kind", "") == "best"), t.index[0])
+    others = [a for a in t.index if a != best]
 
     def score(arch: str) -> str:
         return f"{t.loc[arch, test]:.4g}"
@@ -88,9 +89,13 @@ def headline(s: studies.Study) -> str:
     else:
         v = t["verdict"]
         kinds = {a: getattr(v[a], "kind", "none") for a in t.index}
-        worse, equivalent, inconclusive = ([a for a in t.index[1:] if kinds[a] == k] for k in ("worse", "equivalent", "inconclusive"))
-        unrun = [a for a in t.index[1:] if kinds[a] == "none" and v[a].why == "no finished run"]
-        undecided = [a for a in t.index[1:] if kinds[a] == "none" and a not in unrun]
+        worse, equivalent, inconclusive = ([a for a in others if kinds[a] == k] for k in ("worse", "equivalent", "inconclusive"))
+        unrun = [a for a in others if kinds[a] == "none" and v[a].why == "no finished run"]
+        blind = [a for a in t.index if kinds[a] == "did not learn"]
+        undecided = [a for a in others if kinds[a] == "none" and a not in unrun]
+        if kinds[best] == "did not learn":
+            return (f"No architecture learned: every test {s.metric} is within reach of the task's input-blind baseline, "
+                    f"{t.attrs['baseline']:.4g} ({name_of(t, best)} {score(best)} the closest to learning).")
         if kinds[best] != "best":
             text = (f"**{name_of(t, best)}** scores highest" if s.maximize else f"**{name_of(t, best)}** scores lowest")
             text += f", {first}, but with under 3 seeds per architecture no verdict is drawn."
@@ -112,6 +117,10 @@ def headline(s: studies.Study) -> str:
                 text += "; " + _and([name_of(t, a) for a in undecided]) + " ran too few shared seeds for a verdict"
             if unrun:
                 text += "; " + _and([name_of(t, a) for a in unrun]) + " finished no run to compare"
+            if blind:
+                text += ("; " + _and([f"{name_of(t, a)} {score(a)}" for a in blind]) +
+                         f" did not learn (95% {'interval' if len(blind) == 1 else 'intervals'} reaching the task's "
+                         f"input-blind baseline, {t.attrs['baseline']:.4g})")
             text += "."
             wanted, chosen = s.tags.get("harness.repeat_wanted"), s.tags.get("harness.repeat_auto")
             if inconclusive and wanted and chosen and int(wanted) > int(chosen):
@@ -124,7 +133,30 @@ def headline(s: studies.Study) -> str:
                 + " The comparison is not yet fair: " + "; ".join(reasons) + ".")
     elif len(t) == 1 and str(t.loc[best, "budget-limited"]).startswith("yes"):
         text += f" It ran to the epoch cap still improving: raise train.epochs ({_cap(s)}) before trusting its score."
-    return text
+    notes = warnings(s)
+    return text + (" Note: " + "; ".join(notes) + "." if notes else "")
+
+
+SIZE_RATIO = 2.0  # parameter counts further apart than this: capacity, not only architecture, differs
+CLIP_SHARE = 0.5  # more of the steps clipped than this: the clip, not the learning rate, set the step size
+
+
+def warnings(s: studies.Study) -> list[str]:
+    """What a reader should weigh without it making the comparison unfair: compared sizes far apart,
+    gradient clipping that bound on most steps."""
+    t, out = s.families, []
+    sizes = t["params"].dropna().astype(int) if "params" in t else pd.Series(dtype=int)
+    if len(sizes) > 1 and sizes.max() > SIZE_RATIO * sizes.min():
+        small, large = sizes.idxmin(), sizes.idxmax()
+        out.append(f"sizes differ {sizes.max() / sizes.min():.1f}× ({name_of(t, small)} {sizes[small]:,} parameters, "
+                   f"{name_of(t, large)} {sizes[large]:,}): capacity differs with the architecture; "
+                   "`sweep.match_params` compares them at one size")
+    clip = t["clip share"].dropna() if "clip share" in t else pd.Series(dtype=float)
+    bound = clip[clip > CLIP_SHARE]
+    if len(bound):
+        out.append("train.clip_norm clipped most steps of " + _and([f"{name_of(t, a)} ({v:.0%})" for a, v in bound.items()]) +
+                   ": the clip, more than the learning rate, set their step size")
+    return out
 
 
 def _cap(s: studies.Study) -> str:

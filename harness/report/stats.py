@@ -108,8 +108,9 @@ def margin_text(margin: float, scale: str) -> str:
 class Verdict:
     """One architecture against the study's best, over the seeds both ran.
 
-    kind: `best`, `worse`, `equivalent` (TOST at `margin` passed), `inconclusive`, or `none` (no
-    verdict: `why`). `difference` and its 95% `interval`: this minus the best, in the metric's
+    kind: `best`, `worse`, `equivalent` (TOST at `margin` passed), `inconclusive`, `did not
+    learn` (its test metric cannot be told from the task's input-blind baseline, `why`: not
+    compared), or `none` (no verdict: `why`). `difference` and its 95% `interval`: this minus the best, in the metric's
     units, or this over the best (a ratio) on the log scale. `p`: the difference test's
     Holm-adjusted p (`test`); `p_equivalent`: TOST's, Holm-adjusted; `detectable`: the smallest
     difference these seeds detect with 80% power (same units as `difference`)."""
@@ -138,6 +139,8 @@ class Verdict:
             return "best"
         if self.kind == "none":
             return f"— ({self.why})"
+        if self.kind == "did not learn":
+            return f"did not learn ({self.why})"
         if self.kind == "worse":
             return f"worse: {self.difference_text()} (p = {self.p:.2g}, {self.test}, Holm)"
         if self.kind == "equivalent":
@@ -151,8 +154,20 @@ class Verdict:
 
     @property
     def mark(self) -> str:
-        """The leaderboard's mark: ≈ equivalent, ? inconclusive, nothing for best, worse or none."""
-        return {"equivalent": "≈", "inconclusive": "?"}.get(self.kind, "")
+        """The leaderboard's mark: ≈ equivalent, ? inconclusive, ∅ did not learn, nothing for best,
+        worse or none."""
+        return {"equivalent": "≈", "inconclusive": "?", "did not learn": "∅"}.get(self.kind, "")
+
+
+def learned(mean: float, interval: tuple[float, float], baseline: float | None, maximize: bool) -> bool:
+    """Whether a test metric can be told from the task's input-blind baseline, on its better side:
+    the whole 95% interval beyond it, or (one seed, no interval) the mean."""
+    if baseline is None or mean != mean:
+        return True
+    low, high = interval
+    if low != low:
+        low = high = mean
+    return low > baseline if maximize else high < baseline
 
 
 def compare(best: np.ndarray, other: np.ndarray, scale: str, margin: float) -> dict:

@@ -17,7 +17,7 @@ from harness.report import stats
 from harness.report.runs import col, metric_margin, metric_name, metric_scale, num, state
 
 # Columns shown with their own number format (the rest: 4 significant figures).
-FORMATS = {"grad flow rate": "#.3g", "grad flow rate (bwd)": "#.3g", "sd over seeds": ".2g"}
+FORMATS = {"grad flow rate": "#.3g", "grad flow rate (bwd)": "#.3g", "sd over seeds": ".2g", "clip share": ".2f"}
 
 
 def best_trials(runs: pd.DataFrame) -> pd.DataFrame:
@@ -89,11 +89,15 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     if not scores:
         return pd.DataFrame()
     means = {arch: stats.centre(g["_t"], scale) for arch, g in scores.items()}
-    best = (max if maximize else min)(means, key=means.get)
+    intervals = {arch: stats.interval(g["_t"].to_numpy(), per_example(list(g["run_id"])), scale) for arch, g in scores.items()}
+    baseline = num(runs, "params.task_metric_baseline").dropna()
+    baseline = float(baseline.iloc[0]) if len(baseline) else None
+    learned = {a: stats.learned(means[a], intervals[a], baseline, maximize) for a in means}
+    best = (max if maximize else min)([a for a in means if learned[a]] or means, key=means.get)
     scores = {best: scores[best]} | scores  # the best first: on a tie in the mean it stays the first row
     rows, raw = {}, {}
     for arch, g in scores.items():
-        low, high = stats.interval(g["_t"].to_numpy(), per_example(list(g["run_id"])), scale)
+        low, high = intervals[arch]
         speed = _speed(g)
         rows[arch] = {"family": g["family"].iloc[0], test: means[arch],
                       "95% interval": f"{low:.3g} – {high:.3g}" if low == low else "—", "seeds": len(g),
@@ -104,16 +108,19 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
                       if col(g, "params.kernel").notna().any() else None,
                       "best epoch (median)": num(g, "metrics.best_epoch").median(),
                       "budget-limited": _share(num(g, "metrics.budget_limited")),
+                      "clip share": num(g, "metrics.clip_share").median(),
                       "grad flow rate": num(g, "metrics.gradflow_rate").median(),
                       "grad flow rate (bwd)": num(g, "metrics.gradflow_rate_bwd").median()}
         shared = g.index.intersection(scores[best].index)
-        if arch != best and len(shared) >= stats.MIN_SEEDS:
+        if arch != best and learned[arch] and len(shared) >= stats.MIN_SEEDS:
             raw[arch] = stats.compare(scores[best].loc[shared, "_t"].to_numpy(), g.loc[shared, "_t"].to_numpy(), scale, margin)
         if arch != best:
             rows[arch]["P(best beats it)"] = stats.prob_improvement(scores[best]["_t"].to_numpy(), g["_t"].to_numpy(), maximize)
     judged = stats.verdicts(raw, scale, margin)
     for arch, row in rows.items():
-        if arch == best:
+        if not learned[arch]:
+            row["verdict"] = stats.Verdict("did not learn", len(scores[arch]), scale, why=f"baseline {baseline:.4g}")
+        elif arch == best:
             row["verdict"] = stats.Verdict("best", len(scores[arch]), scale) if len(scores[arch]) >= stats.MIN_SEEDS \
                 else stats.Verdict("none", len(scores[arch]), scale, why="under 3 seeds")
         else:
@@ -128,11 +135,11 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
                                            index=missing)])
     table = table.join(counts, how="left").rename_axis("architecture")
     order = ["family", test, "95% interval", "seeds", "sd over seeds", "verdict", "P(best beats it)", "params", "MFLOP/sample", "train samples/s",
-             "peak fraction", "kernel", "best epoch (median)", "budget-limited", "grad flow rate", "grad flow rate (bwd)",
-             "trials", "pruned", "diverged", "failed", "interrupted"]
+             "peak fraction", "kernel", "best epoch (median)", "budget-limited", "clip share", "grad flow rate",
+             "grad flow rate (bwd)", "trials", "pruned", "diverged", "failed", "interrupted"]
     table = table[[c for c in order if c in table]]
     table = table.sort_values(test, ascending=not maximize, kind="stable", na_position="last")
-    table.attrs.update(scale=scale, margin=margin)
+    table.attrs.update(scale=scale, margin=margin, baseline=baseline)
     return table
 
 

@@ -27,6 +27,7 @@ from harness.runner import run_trial
 from harness.sweep import workers
 from harness.sweep.counting import MAX_RETRY
 from harness.sweep.objective import Objective, Plan, objective_value
+from harness.sweep.sizes import matched
 from harness.sweep.storage import make_storage, store_lock
 from harness.tracking import MlflowRun, end_failed, find_runs, get_client, run_name
 
@@ -123,7 +124,7 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
     token = workers.worker_id()
     out = []
     for arch, t in best_per_arch(study, exp, obj).items():
-        base, config = exp.with_values(t.params), config_hash(t.params)
+        base, config = matched(exp.with_values(t.params)), config_hash(t.params)
         for i, seed in enumerate(final_seeds(exp, k)):
             for attempt in range(MAX_RETRY + 1):  # a run the machinery interrupted is trained again
                 if workers.stop_requested():

@@ -22,6 +22,7 @@ from harness.resilience import infrastructure, reason
 from harness.runner import run_trial
 from harness.sweep import grid, optuna_private, recovery, workers
 from harness.sweep.counting import INTERRUPTED, SURPLUS, Surplus, is_surplus
+from harness.sweep.sizes import matched
 from harness.sweep.space import suggest
 from harness.tasks import Task
 from harness.tracking import MlflowRun, SeedGroupRun, end_failed, get_client, run_name, set_tags
@@ -50,7 +51,7 @@ def result_keys(exp: Experiment, metric: str) -> set[str]:
     final = {f"best_val_{metric}", "best_epoch", "epochs_run", "stopped_early", "budget_limited", "total_time_s",
              "train_samples_per_s", "train_samples_per_s_min", "train_samples_per_s_max", "bench_step_ms",
              "device_peak_gflops", "train_gflops_per_s", "peak_fraction", "peak_memory_mb",
-             "infer_latency_ms_p50", "infer_latency_ms_p95", "infer_samples_per_s"}
+             "infer_latency_ms_p50", "infer_latency_ms_p95", "infer_samples_per_s", "peak_cpu_share", "clip_share"}
     flow = {"gradflow_rate", "gradflow_rate_iqr", "gradflow_rate_bwd", "gradflow_rate_bwd_iqr"} if exp.tracking.gradflow else set()
     return epoch | final | flow
 
@@ -185,7 +186,7 @@ class TrialObjective:
 
     def _train(self, trial: optuna.Trial) -> list[float]:
         plan, exp = self.plan, self.plan.exp
-        trial_exp = exp.with_values({**suggest(trial, exp), "train.device": self.slot.run_device})
+        trial_exp = matched(exp.with_values({**suggest(trial, exp), "train.device": self.slot.run_device}))
         tags = {"harness.role": "trial", "harness.stage": "search", "harness.study": exp.name,
                 "harness.trial": trial.number, "harness.worker": self.token, "harness.device": self.slot.device}
         retried = recovery.retry_of(self.study, trial)

@@ -35,3 +35,45 @@ def frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
     """A running trial's stored state (its system attributes, e.g. which trial it retries):
     Trial no longer exposes them, and study.get_trials copies every trial of the study."""
     return _storage(study).get_trial(_trial_id(trial))
+
+
+class _SameArchitecture:
+    """A study seen through one architecture: its trials are only those of `arch`."""
+
+    def __init__(self, study: optuna.Study, arch: str):
+        self._study, self._arch = study, arch
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def _mine(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        return [t for t in trials if architecture(t) == self._arch]
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        return self._mine(self._study.get_trials(deepcopy=deepcopy, states=states))
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        # TPE and NSGA-II read a study's trials through this private twin of get_trials.
+        return self._mine(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
+
+
+ARCH = "harness_arch"  # the user attribute: the architecture a trial was given before it sampled it
+
+
+def architecture(t: FrozenTrial) -> str | None:
+    """The architecture a trial trains: sampled, given (`ARCH`) or fixed by the queue."""
+    return t.params.get("model.arch") or t.user_attrs.get(ARCH) or t.system_attrs.get("fixed_params", {}).get("model.arch")
+
+
+def same_architecture(study: optuna.Study, arch: str) -> optuna.Study:
+    """The study as a sampler or pruner of one architecture should see it: only its trials.
+    Optuna has no public way to hand a sampler a subset of a study (its own Hyperband pruner
+    subclasses Study for its brackets)."""
+    return _SameArchitecture(study, arch)  # type: ignore[return-value]
+
+
+def give_architecture(study: optuna.Study, trial: FrozenTrial, arch: str) -> None:
+    """Record `arch` on a trial before it samples anything, so that other workers count it:
+    a sampler's before_trial receives a FrozenTrial, which cannot set attributes."""
+    _storage(study).set_trial_user_attr(_trial_id(trial), ARCH, arch)
+    trial.user_attrs[ARCH] = arch

@@ -55,7 +55,7 @@ def work(plan: Plan, slot: workers.Slot, on_trial: Callable[[optuna.Study], None
     deadline passes. Runs in the sweep's own process (one slot) or in a spawned one."""
     quiet_optuna()
     exp, n = plan.exp, plan.n_trials
-    sampler = make_sampler(exp, plan.multi, worker_seed(exp.sweep.seed, slot.index, plan.n_existing))
+    sampler = make_sampler(exp, plan.multi, worker_seed(exp.sweep.seed, slot.index, plan.n_existing), plan.storage)
     study = optuna.load_study(study_name=exp.name, storage=make_storage(plan.storage), sampler=sampler, pruner=make_pruner(exp))
     objective = TrialObjective(plan, study, slot)
     in_a_row = 0  # interrupted trials since the last that was not

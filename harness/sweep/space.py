@@ -8,6 +8,7 @@ that architecture is picked.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -25,6 +26,10 @@ from optuna.trial import FrozenTrial
 from harness.archs import create_model
 from harness.config import Experiment, ParamSpec
 from harness.errors import HarnessError
+from harness.sweep import optuna_private
+from harness.sweep.budgets import EqualBudgets
+from harness.sweep.sizes import matched
+from harness.sweep.storage import store_lock
 from harness.tasks import Task, load_task
 
 
@@ -105,6 +110,12 @@ def check_space(exp: Experiment, task: Task) -> None:
                     raise HarnessError(f"sweep.space_by_arch: {key!r} lists other values for {arch} than for {first}; outside a "
                                        "grid Optuna needs one list per name: use sampler = 'grid', one list, or a range {low, high}")
     tasks = {_task_key(exp): task}
+    if exp.sweep.match_params:
+        if any("model.hidden_size" in by for by in [exp.sweep.space, *exp.sweep.space_by_arch.values()]):
+            raise HarnessError("sweep.match_params sets model.hidden_size: remove it from sweep.space (and space_by_arch), "
+                               "or remove match_params")
+        for arch in archs:
+            matched(exp.with_values({"model.arch": arch}), task)
     for arch in archs:
         _check_values(exp, {"model.arch": arch}, f"sweep.space: model.arch = {arch!r}" if len(archs) > 1 else None, tasks)
         for key, spec in dimensions(exp, arch).items():
@@ -155,23 +166,32 @@ def check_study(study: optuna.Study, exp: Experiment) -> None:
                                    f"({e}); keep its space or choose another --study name") from None
 
 
-def make_sampler(exp: Experiment, multi: bool, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    s = exp.sweep.sampler
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if s == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if s == "qmc":
-            return optuna.samplers.QMCSampler(seed=seed)
-        if s == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-        if s == "grid":
-            specs = [*exp.sweep.space.values(), *(s for by in exp.sweep.space_by_arch.values() for s in by.values())]
-            if any(v.choices is None for v in specs):
-                raise HarnessError("sweep.sampler: 'grid' needs every sweep.space and space_by_arch entry as a list of choices")
-            # A grid study samples nothing: its points are queued trials (harness.sweep.grid).
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=not multi, group=not multi)
+def make_sampler(exp: Experiment, multi: bool, seed: int | None = None, storage: str | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler; with more than one architecture in a search that is not a grid and
+    `sweep.equal_budgets` (the default), one per architecture, the same number of trials each
+    (`harness.sweep.budgets`), counted under `storage`'s lock."""
+    s, archs = exp.sweep.sampler, arch_choices(exp)
+    if s == "grid":
+        specs = [*exp.sweep.space.values(), *(s for by in exp.sweep.space_by_arch.values() for s in by.values())]
+        if any(v.choices is None for v in specs):
+            raise HarnessError("sweep.sampler: 'grid' needs every sweep.space and space_by_arch entry as a list of choices")
+        # A grid study samples nothing: its points are queued trials (harness.sweep.grid).
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def one(seed: int | None) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if s == "random":
+                return optuna.samplers.RandomSampler(seed=seed)
+            if s == "qmc":
+                return optuna.samplers.QMCSampler(seed=seed)
+            if s == "nsga2":
+                return optuna.samplers.NSGAIISampler(seed=seed)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=not multi, group=not multi)
+
+    if len(archs) < 2 or not exp.sweep.equal_budgets:
+        return one(seed)
+    return EqualBudgets(archs, one, seed, lock=(lambda: store_lock(storage)) if storage else contextlib.nullcontext)
 
 
 def worker_seed(seed: int | None, worker: int, n_existing: int) -> int | None:
@@ -179,19 +199,6 @@ def worker_seed(seed: int | None, worker: int, n_existing: int) -> int | None:
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, worker, n_existing]).generate_state(1)[0])
-
-
-class _SameArchitecture:
-    """A study seen through one architecture: its trials are only those of `arch`."""
-
-    def __init__(self, study: optuna.Study, arch: str):
-        self._study, self._arch = study, arch
-
-    def __getattr__(self, name: str):
-        return getattr(self._study, name)
-
-    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.params.get("model.arch") == self._arch]
 
 
 class ByArchitecture(optuna.pruners.BasePruner):
@@ -206,7 +213,7 @@ class ByArchitecture(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         arch = trial.params.get("model.arch")
-        return self.inner.prune(study if arch is None else _SameArchitecture(study, arch), trial)
+        return self.inner.prune(study if arch is None else optuna_private.same_architecture(study, arch), trial)
 
 
 def make_pruner(exp: Experiment) -> optuna.pruners.BasePruner:

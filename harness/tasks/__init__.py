@@ -51,6 +51,22 @@ class Task:
             raise HarnessError(f"task {self.name!r}: unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 
     @property
+    def metric_baseline(self) -> float:
+        """The test metric of the input-blind predictor fitted on the training split: the training
+        targets' mean (regression; the best constant under MSE), else the one class that scores best on
+        the training targets, predicted everywhere (chance, or the majority class; the copy
+        task's blank-free symbol accuracy). A model at this value learned nothing from its input."""
+        fn, better = self.metric_fn, (max if self.maximize else min)
+        if self.y_train.is_floating_point():
+            return float(fn(self.y_train.float().mean(0).expand_as(self.y_test), self.y_test))
+
+        def constant(c: int, y: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(torch.full(y.shape, c), self.output_size).float()
+
+        c = better(range(self.output_size), key=lambda c: float(fn(constant(c, self.y_train), self.y_train)))
+        return float(fn(constant(c, self.y_test), self.y_test))
+
+    @property
     def loss_fn(self) -> Callable:
         return LOSSES[self.loss]
 
