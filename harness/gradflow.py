@@ -29,11 +29,9 @@ validation examples, the same for every run of a task. Imports neither MLflow no
 from __future__ import annotations
 
 import copy
-import csv
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,7 +39,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 
-__all__ = ["BATCH", "GradFlow", "fixed_batch", "log_rates", "measure", "plot", "takes_hidden", "write"]
+__all__ = ["BATCH", "GradFlow", "fixed_batch", "log_rates", "measure", "takes_hidden"]
 
 BATCH = 256  # validation examples measured
 DIRECTIONS = ("forward", "backward")
@@ -157,44 +155,3 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callabl
         g = gx.detach() if gx.dim() == 3 else gx.detach().flatten(1).unsqueeze(1)  # a single input: one step
         inputs = np.median(g.norm(dim=2).cpu().double().numpy(), 0).tolist()
     return GradFlow(state=state, inputs=inputs, rates=rates)
-
-
-def write(flow: GradFlow, folder: Path) -> list[Path]:
-    """gradflow.csv (direction, quantity, t1 … tT; an input read once fills t1 only) and
-    gradflow.png (the profiles on a log scale, one panel per direction and one for the input)."""
-    folder = Path(folder)
-    steps = max(len(p) for *_, p in flow.rows())
-    csv_path = folder / "gradflow.csv"
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["direction", "quantity", *(f"t{t}" for t in range(1, steps + 1))])
-        for direction, quantity, profile in flow.rows():
-            w.writerow([direction, quantity, *(f"{v:.6g}" for v in profile), *[""] * (steps - len(profile))])
-    return [csv_path, plot(flow, folder / "gradflow.png")]
-
-
-def plot(flow: GradFlow, path: Path) -> Path:
-    """The median profiles against t on a log scale, each state panel titled with its rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = flow.rows()
-    metrics = flow.metrics()
-    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.8), squeeze=False)
-    for ax, (direction, quantity, profile) in zip(axes[0], rows, strict=True):
-        ax.plot(range(1, len(profile) + 1), profile, marker="o" if len(profile) < 30 else None, ms=3)
-        ax.set_yscale("log")
-        ax.set_xlabel("time step t")
-        symbol = "s_t" if quantity == "state" else "x_t"
-        title = f"‖∂L/∂{symbol}‖, {direction}" if quantity == "state" else f"‖∂L/∂{symbol}‖ (input)"
-        key = METRICS.get(direction) if quantity == "state" else None
-        if key in metrics:
-            title += f"\nrate {metrics[key]:.3g}/step (IQR {metrics[key + '_iqr']:.3g})"
-        ax.set_ylabel("median over examples (log)")
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

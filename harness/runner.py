@@ -14,7 +14,7 @@ from harness.config import Experiment
 from harness.errors import HarnessError
 from harness.gradients import GradStats, default_every
 from harness.precision import check_precision
-from harness.tasks import Task, load_task
+from harness.tasks import Task, shared_task
 from harness.train import fit
 
 
@@ -35,8 +35,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build(exp: Experiment) -> tuple[Task, nn.Module]:
-    """Load the experiment's task and build its model (seeded by `train.seed`)."""
-    task = load_task(exp.task.name, **exp.task.options())
+    """The experiment's task (loaded once per process: `harness.tasks.shared_task`) and its model,
+    built now (seeded by `train.seed`)."""
+    task = shared_task(exp.task.name, **exp.task.options())
     torch.manual_seed(exp.train.seed)
     model = create_model(
         exp.model.arch, input_size=task.input_size, output_size=task.output_size,

@@ -40,10 +40,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,11 +52,10 @@ from mlflow.utils import get_results_from_paginated_fn
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from harness.archs import arch_info
+from harness.artifacts import write_artifacts
 from harness.callbacks import Callback, FitStart, TrialResult
-from harness.config import Experiment, TrackingSettings, masked, tracking_uri
+from harness.config import Experiment, TrackingSettings, tracking_uri
 from harness.errors import Diverged, Pruned
-from harness.gradflow import GradFlow
-from harness.gradflow import write as write_gradflow
 from harness.logged_model import log_model
 from harness.provenance import device_name, git_commit
 from harness.resilience import Client, infrastructure, reason
@@ -237,57 +234,6 @@ def start_system_metrics(client: MlflowClient, run_id: str, cfg: TrackingSetting
     monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.system_metrics_interval, tracking_uri=client.tracking_uri)
     monitor.start()
     return monitor
-
-
-def learning_curve(history: list[dict[str, float]], metric: str, best_epoch: int, path: Path) -> Path:
-    """Loss and metric per epoch, train and validation, the chosen epoch marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = range(1, len(history) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key in zip(axes, ("loss", metric), strict=True):
-        for split in ("train", "val"):
-            ax.plot(epochs, [h[f"{split}_{key}"] for h in history], marker="o", ms=3, label=split)
-        if best_epoch:
-            ax.axvline(best_epoch, color="grey", ls=":", label=f"chosen (epoch {best_epoch})")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(key)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def write_artifacts(
-    client: MlflowClient, run_id: str, exp: Experiment, *, metric: str, history: list[dict[str, float]],
-    best_epoch: int, flow: GradFlow | None, model: torch.nn.Module | None, test_per_example: list[float] = (),
-) -> None:
-    """The run's files, each as its `[tracking]` setting asks; `model` None: no checkpoint."""
-    cfg = exp.tracking
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        if cfg.settings_file:
-            settings = exp.model_dump(mode="json")
-            if settings["sweep"].get("storage"):  # a database password never reaches MLflow
-                settings["sweep"]["storage"] = masked(settings["sweep"]["storage"])
-            (folder / "settings.json").write_text(json.dumps(settings, indent=2))
-        if cfg.learning_curve and history:
-            learning_curve(history, metric, best_epoch, folder / "learning_curve.png")
-        if flow is not None:  # measured only when `tracking.gradflow` is on
-            write_gradflow(flow, folder)
-        if cfg.checkpoint and model is not None:
-            # load with torch.load(path, weights_only=True): plain tensors only, no pickled code
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "checkpoint.pt")
-        if cfg.test_per_example and len(test_per_example):
-            np.save(folder / "test_per_example.npy", np.asarray(test_per_example, dtype=np.float32))
-        if any(folder.iterdir()):
-            client.log_artifacts(run_id, tmp)
 
 
 def failure_tags(e: BaseException) -> tuple[dict[str, Any], str]:

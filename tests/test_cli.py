@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from tests.conftest import EXPERIMENTS
+from tests.conftest import EXPERIMENTS, free_port
 
 QUICK = str(EXPERIMENTS / "quickstart.toml")
 SMALL = ["--set", "train.epochs=2", "--set", "task.n_train=256", "--set", "model.hidden_size=8"]
@@ -149,16 +149,10 @@ def test_installed_command_runs():
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ui_serves_the_tracking_store_on_localhost(workdir):
     assert main(["run", QUICK, *SMALL, "--set", "train.epochs=1"]) == 0
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "ui", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ}, start_new_session=True,
@@ -200,7 +194,7 @@ def kill_all(proc: subprocess.Popen, started: list[psutil.Process]) -> None:
 
 def _start_ui(workdir) -> tuple[subprocess.Popen, int, list[psutil.Process]]:
     """`harness ui` on a free port, once the port answers; with every process it started."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port)], cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             preexec_fn=ctrl_c_reaches_it)
@@ -262,12 +256,12 @@ def test_the_ui_refuses_a_port_in_use(workdir, capsys):
 
 
 def test_the_ui_of_an_unknown_study_is_a_one_line_error_and_starts_nothing(workdir, capsys):
-    assert main(["ui", "nope", "--port", str(_free_port())]) == 2  # no store yet: none is created
+    assert main(["ui", "nope", "--port", str(free_port())]) == 2  # no store yet: none is created
     err = capsys.readouterr().err
     assert err.startswith("harness: error: no study 'nope'") and err.count("\n") == 1
     assert not (workdir / "mlflow.db").exists()
     MlflowClient().create_experiment("other")
-    assert main(["ui", "nope", "--port", str(_free_port())]) == 2
+    assert main(["ui", "nope", "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert err == "harness: error: no study 'nope' in the MLflow store; `harness ui` without a name lists them all\n"
 

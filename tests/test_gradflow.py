@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from harness.archs import create_model
+from harness.artifacts import write_gradflow as write
 from harness.errors import HarnessError
-from harness.gradflow import BATCH, GradFlow, fixed_batch, log_rates, measure, takes_hidden, write
+from harness.gradflow import BATCH, GradFlow, fixed_batch, log_rates, measure, takes_hidden
 from harness.tasks import load_task
 
 CPU = torch.device("cpu")

@@ -325,6 +325,8 @@ def test_a_family_at_the_tasks_baseline_did_not_learn_and_is_not_ranked_as_worse
     text = write_report("blind", "out").read_text()
     row = next(line for line in text.split("## Families")[1].splitlines() if line.startswith("| rnn"))
     assert "did not learn (baseline 0.125)" in row
+    assert ("The task's input-blind baseline (a constant prediction fitted on the training split): test accuracy 0.125; "
+            "a family whose interval reaches it did not learn.") in text
     assert text.split("\n\n")[1].endswith("; LSTM 0.8133 is worse (Holm-corrected paired tests, p ≤ "
                                             f"{text.split('p ≤ ')[1].split(')')[0]}); RNN 0.125 did not learn (95% interval "
                                             "reaching the task's input-blind baseline, 0.125).")
@@ -343,7 +345,8 @@ def test_the_headline_notes_sizes_far_apart_and_a_clip_that_bound_on_most_steps(
     head = write_report("sized", "out").read_text().split("\n\n")[1]
     assert head.endswith(" Note: sizes differ 2.7× (RNN 4,938 parameters, GRU 13,514): capacity differs with the "
                          "architecture; `sweep.match_params` compares them at one size; train.clip_norm clipped most "
-                         "steps of RNN (83%): the clip, more than the learning rate, set their step size.")
+                         "steps of RNN (83%): their optimiser saw every clipped gradient at one norm, not its own size "
+                         "(raise train.clip_norm to let it vary).")
     write_study(client, "even", {"rnn": [0.50, 0.52, 0.51], "gru": [0.93, 0.95, 0.94]}, sizes={"rnn": 9000, "gru": 13514},
                 clip={"rnn": 0.5, "gru": 0.1})
     assert "Note:" not in write_report("even", "out").read_text().split("\n\n")[1]

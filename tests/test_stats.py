@@ -194,3 +194,20 @@ def test_compare_pairs_two_studies_seed_by_seed(workdir):
     # a study that is not there: one line, exit 2, nothing written
     assert main(["compare", "fp32", "nope", "--out", "out2"]) == 2
     assert not Path("out2").exists()
+
+
+def test_still_improving_needs_a_gain_beyond_the_margin_over_the_last_window():
+    from harness.report.stats import still_improving
+
+    flat = [0.125, 0.124, 0.126, 0.125, 0.123, 0.126, 0.125, 0.127, 0.124, 0.128]  # at chance, its best last by noise
+    assert not still_improving(flat, 10, None, True, "linear", 0.005)
+    climbing = [0.125] * 8 + [0.2, 0.35]  # a plateau that began to climb
+    assert still_improving(climbing, 10, None, True, "linear", 0.005)
+    assert not still_improving(climbing[:7], 10, None, True, "linear", 0.005)  # patience ended it before the cap
+    # the window is max(patience, a tenth of the cap): a gain 4 epochs back counts with patience 5
+    late = [0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert not still_improving(late, 10, None, True, "linear", 0.005) and still_improving(late, 10, 6, True, "linear", 0.005)
+    # on a log scale the gain is a ratio: MSE 0.16 → 0.15 is under ×1.1, 0.16 → 0.01 far beyond
+    mse = [0.17, 0.165, 0.166, 0.164, 0.165, 0.166, 0.16, 0.165, 0.164, 0.15]
+    assert not still_improving(mse, 10, None, False, "log", 1.1)
+    assert still_improving(mse[:-1] + [0.01], 10, None, False, "log", 1.1)

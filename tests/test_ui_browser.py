@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.report import write_report
 from harness.sweep import run
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.test_cli import ctrl_c_reaches_it, kill_all
 from tests.test_sweep import EXPERIMENT, load
 
@@ -40,12 +40,6 @@ def browse(url: str, profile: Path, *flags: str) -> str:
     return done.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, capsys):
     assert CHROMIUM, "CI must install Debian's chromium (see .ci/run)"
@@ -60,7 +54,7 @@ def test_the_printed_page_shows_the_studys_runs_and_their_datasets(workdir, caps
     (parent,) = [r.info.run_id for r in runs if r.data.tags["harness.role"] == "study"]
     names, train_hash = [t.info.run_name for t in trials], trials[0].data.tags["split_hash.train"]
 
-    port = _free_port()
+    port = free_port()
     log = workdir / "ui.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "tiny", "--port", str(port)], cwd=workdir,

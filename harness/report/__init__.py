@@ -138,7 +138,7 @@ def headline(s: studies.Study) -> str:
 
 
 SIZE_RATIO = 2.0  # parameter counts further apart than this: capacity, not only architecture, differs
-CLIP_SHARE = 0.5  # more of the steps clipped than this: the clip, not the learning rate, set the step size
+CLIP_SHARE = 0.5  # more of the steps clipped than this: the clip shaped the training
 
 
 def warnings(s: studies.Study) -> list[str]:
@@ -154,8 +154,14 @@ def warnings(s: studies.Study) -> list[str]:
     clip = t["clip share"].dropna() if "clip share" in t else pd.Series(dtype=float)
     bound = clip[clip > CLIP_SHARE]
     if len(bound):
+        runs = s.finals if not s.finals.empty else s.runs
+        sgd = set(runs.get("params.train.optimizer", pd.Series(dtype=str)).dropna()) == {"sgd"}
+        # SGD's step is lr × the clipped gradient; Adam-like optimisers divide by the gradient's
+        # running size, so a clip on every step mostly takes away how that size varies
         out.append("train.clip_norm clipped most steps of " + _and([f"{name_of(t, a)} ({v:.0%})" for a, v in bound.items()]) +
-                   ": the clip, more than the learning rate, set their step size")
+                   (": the clip, more than the learning rate, set their step size" if sgd else
+                    ": their optimiser saw every clipped gradient at one norm, not its own size (raise train.clip_norm "
+                    "to let it vary)"))
     return out
 
 
@@ -284,6 +290,10 @@ def _write(s: studies.Study, out: Path, client) -> Path:
                   f"Task `{s.task}` ({io}); metric `{s.metric}` ({'higher' if s.maximize else 'lower'} is better); "
                   f"{len(s.runs)} search trial{'s' * (len(s.runs) != 1)} ({', '.join(f'{n} {k}' for k, n in states.items())}), "
                   f"{len(s.finals)} final runs."]
+        blind = num(s.runs, "params.task_metric_baseline").dropna()
+        if not blind.empty:
+            lines.append(f"The task's input-blind baseline (a constant prediction fitted on the training split): test "
+                         f"{s.metric} {blind.iloc[0]:.4g}; a family whose interval reaches it did not learn.")
         if not baseline.empty:
             lines.append(f"The task's baseline (loss of the best predictor that ignores its input): {baseline.iloc[0]:.4g}.")
         if not s.families.empty:

@@ -136,6 +136,12 @@ def select_finals(finals: pd.DataFrame, best_trials: dict[str, int]) -> pd.DataF
     return pd.concat(keep) if keep else done.iloc[:0]
 
 
+def val_curve(client: MlflowClient, run_id: str, metric: str) -> list[float]:
+    """A run's validation metric per epoch, in epoch order."""
+    history = client.get_metric_history(run_id, f"val_{metric}")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
 def per_example(client: MlflowClient, run_ids: list[str]) -> np.ndarray | None:
     """Each run's test metric per example (`test_per_example.npy`), stacked seeds × examples, or
     None when a run did not keep them."""

@@ -159,6 +159,23 @@ class Verdict:
         return {"equivalent": "≈", "inconclusive": "?", "did not learn": "∅"}.get(self.kind, "")
 
 
+def still_improving(curve: list[float], cap: int, patience: int | None, maximize: bool, scale: str, margin: float) -> bool:
+    """Whether a run's validation curve says the epoch cap, not the architecture, set its score: it
+    ran to the cap and its best over the last w = max(patience, ⌈cap / 10⌉, 1) epochs beats its best
+    before them by more than the study's margin (on the metric's scale). A gain under the margin is
+    noise or negligible by the study's own standard: a flat curve at the baseline is not flagged,
+    a plateau that began to climb is."""
+    if len(curve) < cap:  # patience ended it, or it failed
+        return False
+    w = max(patience or 0, math.ceil(cap / 10), 1)
+    if len(curve) <= w:
+        return True
+    values = to_scale(curve, scale)
+    before, recent = (np.nanmax if maximize else np.nanmin)(values[:-w]), (np.nanmax if maximize else np.nanmin)(values[-w:])
+    gain = recent - before if maximize else before - recent
+    return bool(gain > margin_on_scale(margin, scale))
+
+
 def learned(mean: float, interval: tuple[float, float], baseline: float | None, maximize: bool) -> bool:
     """Whether a test metric can be told from the task's input-blind baseline, on its better side:
     the whole 95% interval beyond it, or (one seed, no interval) the mean."""

@@ -18,6 +18,7 @@ from harness.report.runs import (
     study_runs,
     study_tags,
     trial_runs,
+    val_curve,
 )
 from harness.report.tables import best_trials, families_table, search_table
 
@@ -57,7 +58,8 @@ def load(name: str, client: MlflowClient) -> Study:
     finals = select_finals(study_runs(name, client, role="final"), chosen)
     tags = study_tags(name, client)
     margin = float(tags["harness.margin"]) if tags.get("harness.margin") else None  # [report] margin, else the metric's
-    families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids), margin)
+    families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids), margin,
+                              curve=lambda run_id: val_curve(client, run_id, metric))
     return Study(name=name, runs=runs, finals=finals, metric=metric, maximize=maximize, tags=tags, families=families,
                  search=search_table(runs), references=json.loads(tags.get("harness.references", "[]")),
                  scale=metric_scale(runs))

@@ -66,7 +66,8 @@ def speed_cells(runs: pd.DataFrame) -> pd.Series:
 
 
 def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
-                   per_example: Callable[[list[str]], np.ndarray | None], margin: float | None = None) -> pd.DataFrame:
+                   per_example: Callable[[list[str]], np.ndarray | None], margin: float | None = None,
+                   curve: Callable[[str], list[float]] | None = None) -> pd.DataFrame:
     """The study's answer, one row per architecture (its family beside it), ranked by the final
     runs' mean test metric (geometric on a log-scale metric): how well (a 95% interval over seeds
     and the test set, `per_example(run_ids)` giving the seeds × examples matrix or None; against
@@ -75,8 +76,10 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     run of the best beats a run of this one), at what cost (parameters, analytic FLOPs, the final
     runs' median training speed, its share of the device's peak and the kernel), why (best epoch,
     budget-limited, gradient-flow rate) and how the search went (trials run, pruned, diverged,
-    failed, interrupted). Without final runs each architecture's best search trial stands in, one
-    seed, no verdict. The table's `attrs` hold the scale and margin."""
+    failed, interrupted). Budget-limited: from each run's validation curve (`curve(run_id)`) by
+    `stats.still_improving` at the margin; without `curve`, the runs' own `budget_limited` flags.
+    Without final runs each architecture's best search trial stands in, one seed, no verdict. The
+    table's `attrs` hold the scale, margin and the input-blind baseline."""
     metric, maximize = metric_name(runs)
     scale = metric_scale(runs)
     margin = metric_margin(runs) if margin is None else margin
@@ -107,9 +110,11 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
                       "train samples/s": speed[0], "peak fraction": speed[1], "kernel": col(g, "params.kernel").dropna().iloc[0]
                       if col(g, "params.kernel").notna().any() else None,
                       "best epoch (median)": num(g, "metrics.best_epoch").median(),
-                      "budget-limited": _share(num(g, "metrics.budget_limited")),
+                      "budget-limited": _share(num(g, "metrics.budget_limited") if curve is None else
+                                               _improving(g, curve, maximize, scale, margin)),
                       "clip share": num(g, "metrics.clip_share").median(),
                       "grad flow rate": num(g, "metrics.gradflow_rate").median(),
+                      "grad flow rate over seeds": _range(num(g, "metrics.gradflow_rate")),
                       "grad flow rate (bwd)": num(g, "metrics.gradflow_rate_bwd").median()}
         shared = g.index.intersection(scores[best].index)
         if arch != best and learned[arch] and len(shared) >= stats.MIN_SEEDS:
@@ -136,7 +141,7 @@ def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
     table = table.join(counts, how="left").rename_axis("architecture")
     order = ["family", test, "95% interval", "seeds", "sd over seeds", "verdict", "P(best beats it)", "params", "MFLOP/sample", "train samples/s",
              "peak fraction", "kernel", "best epoch (median)", "budget-limited", "clip share", "grad flow rate",
-             "grad flow rate (bwd)", "trials", "pruned", "diverged", "failed", "interrupted"]
+             "grad flow rate over seeds", "grad flow rate (bwd)", "trials", "pruned", "diverged", "failed", "interrupted"]
     table = table[[c for c in order if c in table]]
     table = table.sort_values(test, ascending=not maximize, kind="stable", na_position="last")
     table.attrs.update(scale=scale, margin=margin, baseline=baseline)
@@ -182,3 +187,21 @@ def failures_table(runs: pd.DataFrame) -> pd.DataFrame:
     if bad.empty:
         return pd.DataFrame()
     return pd.crosstab(bad["params.model.arch"], bad["reason"]).rename_axis(index="architecture", columns=None)
+
+
+def _range(values: pd.Series) -> str | None:
+    """The lowest and highest of a figure over the seeds, when there are two or more."""
+    v = values.dropna()
+    return f"{v.min():.3g} – {v.max():.3g}" if len(v) > 1 else None
+
+
+def _improving(runs: pd.DataFrame, curve: Callable[[str], list[float]], maximize: bool, scale: str, margin: float) -> pd.Series:
+    """Each run's budget-limited flag (1.0 / 0.0) from its validation curve (`stats.still_improving`);
+    a run without a logged cap or curve keeps its own `budget_limited`."""
+    caps, patience, own = num(runs, "params.train.epochs"), num(runs, "params.train.patience"), num(runs, "metrics.budget_limited")
+    flags = []
+    for run_id, cap, wait, flag in zip(runs["run_id"], caps, patience, own, strict=True):
+        values = curve(run_id) if cap == cap else []
+        flags.append(float(stats.still_improving(values, int(cap), None if wait != wait else int(wait), maximize, scale, margin))
+                     if values else flag)
+    return pd.Series(flags, index=runs.index, dtype=float)

@@ -67,7 +67,7 @@ from harness.sweep.progress import Progress
 from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
 from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler, precisions
 from harness.sweep.storage import make_storage, masked, resolve_storage, store_lock
-from harness.tasks import load_task
+from harness.tasks import shared_task
 from harness.tracking import dataset_inputs, find_runs, get_client, set_tags, study_run
 
 __all__ = ["SweepOutcome", "run"]
@@ -149,7 +149,7 @@ def run(
     for precision in precisions(exp):
         for slot in slots:
             check_precision(precision, torch.device(slot.device))
-    task = load_task(exp.task.name, **exp.task.options())
+    task = shared_task(exp.task.name, **exp.task.options())
     objs = objectives(exp, task)
     check_space(exp, task)
     sampler = make_sampler(exp, len(objs) > 1)

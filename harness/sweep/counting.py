@@ -8,6 +8,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.sweep import optuna_private
+
 SURPLUS = "harness_surplus"  # the user attribute of a trial that never ran and never counts
 INTERRUPTED = "interrupted"  # the user attribute of a trial a store, the network or the file system ended: why
 MAX_RETRY = 2  # times a trial that did not end (its worker died, or it was interrupted) is queued again
@@ -32,7 +34,7 @@ def ended(t: FrozenTrial) -> bool:
 
 def retries_spent(t: FrozenTrial) -> bool:
     """Whether `t` is the last retry of its trial (`MAX_RETRY` retries before it)."""
-    return len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY
+    return len(optuna_private.retry_history(t)) >= MAX_RETRY
 
 
 def settled(t: FrozenTrial, since: int | None = None) -> bool:

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment
+from harness.sweep import optuna_private
 from harness.sweep.counting import SURPLUS, settled
 from harness.sweep.space import arch_choices
 
@@ -51,7 +52,7 @@ def _key(params: dict) -> str:
 
 def point_of(t: FrozenTrial) -> str | None:
     """The grid point a trial was queued with (None: not queued, so not part of the grid)."""
-    fixed = t.system_attrs.get("fixed_params")
+    fixed = optuna_private.queued_params(t)
     return _key(fixed) if fixed else None
 
 

@@ -8,6 +8,21 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+# The logger of Optuna's optimize loop, which reports every failed trial with its traceback: the
+# one place a filter can make those one line (harness.sweep.pool).
+OPTIMIZE_LOGGER = "optuna.study._optimize"
+
+
+def queued_params(t: FrozenTrial) -> dict | None:
+    """The parameters a trial was queued with by `Study.enqueue_trial` (None: not queued): Optuna
+    keeps them in a system attribute and offers no accessor."""
+    return t.system_attrs.get("fixed_params")
+
+
+def retry_history(t: FrozenTrial) -> list[int]:
+    """The numbers of the trials this one retries (Optuna's RetryFailedTrialCallback's record)."""
+    return t.system_attrs.get("retry_history", [])
+
 
 def _storage(study: optuna.Study) -> optuna.storages.BaseStorage:
     # No public accessor: Optuna's own fail_stale_trials reads study._storage too.
@@ -62,7 +77,7 @@ ARCH = "harness_arch"  # the user attribute: the architecture a trial was given 
 
 def architecture(t: FrozenTrial) -> str | None:
     """The architecture a trial trains: sampled, given (`ARCH`) or fixed by the queue."""
-    return t.params.get("model.arch") or t.user_attrs.get(ARCH) or t.system_attrs.get("fixed_params", {}).get("model.arch")
+    return t.params.get("model.arch") or t.user_attrs.get(ARCH) or (queued_params(t) or {}).get("model.arch")
 
 
 def same_architecture(study: optuna.Study, arch: str) -> optuna.Study:

@@ -45,7 +45,7 @@ class _OneLineFailures(logging.Filter):
 
 def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    log = logging.getLogger("optuna.study._optimize")
+    log = logging.getLogger(optuna_private.OPTIMIZE_LOGGER)
     if not any(isinstance(f, _OneLineFailures) for f in log.filters):
         log.addFilter(_OneLineFailures())
 

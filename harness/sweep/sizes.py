@@ -17,7 +17,7 @@ import torch
 from harness.archs import create_model
 from harness.config import Experiment
 from harness.errors import HarnessError
-from harness.tasks import Task, load_task
+from harness.tasks import Task, shared_task
 
 TOLERANCE = 0.05  # a matched count further than this share from N is refused
 MAX_HIDDEN = 1 << 16
@@ -52,7 +52,7 @@ def matched(exp: Experiment, task: Task | None = None) -> Experiment:
     settings = {k: v for k, v in exp.model.overrides().items() if k != "hidden_size"}
     key = json.dumps([exp.model.arch, settings, exp.task.name, exp.task.options(), n], sort_keys=True, default=str)
     if key not in _found:
-        task = task or load_task(exp.task.name, **exp.task.options())
+        task = task or shared_task(exp.task.name, **exp.task.options())
         try:
             _found[key] = nearest(exp, task, n)
         except (TypeError, ValueError) as e:

@@ -9,10 +9,14 @@ choose anything. A new task is one module here with one function under `@registe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
+import json
+import os
 import pkgutil
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,7 +54,7 @@ class Task:
         if self.loss not in LOSSES:
             raise HarnessError(f"task {self.name!r}: unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 
-    @property
+    @functools.cached_property
     def metric_baseline(self) -> float:
         """The test metric of the input-blind predictor fitted on the training split: the training
         targets' mean (regression; the best constant under MSE), else the one class that scores best on
@@ -83,7 +87,12 @@ class Task:
         return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
 
     def split_hashes(self) -> dict[str, str]:
-        """Short content hash of each split, for logging which data a run saw."""
+        """Short content hash of each split, for logging which data a run saw (computed once per
+        loaded task: a worker's runs share it, harness.runner)."""
+        return dict(self._hashes)
+
+    @functools.cached_property
+    def _hashes(self) -> dict[str, str]:
         out = {}
         for which in ("train", "val", "test"):
             h = hashlib.sha256()
@@ -160,6 +169,24 @@ def load_task(name: str, *, n_train: int | None = None, **options) -> Task:
             raise HarnessError(f"task.n_train: must be a positive integer, got {n_train!r}")
         task = _first(task, n_train)
     return task
+
+
+TASKS_KEPT = 2  # loaded tasks a process keeps: a sweep's runs share one, a task.* search a few
+_loaded: OrderedDict[str, Task] = OrderedDict()
+
+
+def shared_task(name: str, **options) -> Task:
+    """`load_task`, loaded once per process for the settings that produce it (the options, the
+    task's function, the data folders the environment names): a sweep worker's trials, seeds and
+    final runs share it, its split hashes and baseline too. Tasks are read, never changed."""
+    key = json.dumps([name, options, id(_registry.get(name)), os.environ.get("HARNESS_DATA"), os.environ.get("HARNESS_CACHE")],
+                     sort_keys=True, default=str)
+    if key not in _loaded:
+        _loaded[key] = load_task(name, **options)
+        while len(_loaded) > TASKS_KEPT:
+            _loaded.popitem(last=False)
+    _loaded.move_to_end(key)
+    return _loaded[key]
 
 
 def _first(task: Task, n: int) -> Task:
