@@ -67,6 +67,13 @@ class TrialResult:
         }
 
 
+def budget_window(epochs: int, patience: int | None) -> int:
+    """The last epochs a run that reached the `epochs` cap is judged on for still improving:
+    max(patience, a tenth of the cap, 1). The run's own `budget_limited` and the report's
+    margin-aware reading (harness.report.stats.still_improving) use the same window."""
+    return max(patience or 0, math.ceil(epochs / 10), 1)
+
+
 @dataclass(frozen=True)
 class FitStart:
     """The run about to train: its model (on `device`), task and gradient recorder."""

@@ -31,7 +31,7 @@ from torch import nn
 from harness import gradflow as flow
 from harness import speed
 from harness.archs import count_params, model_flops
-from harness.callbacks import Callback, FitStart, TrialResult
+from harness.callbacks import Callback, FitStart, TrialResult, budget_window
 from harness.config import TrainSettings
 from harness.errors import Diverged
 from harness.gradients import FiniteCheck, GradStats, clip_, grad_norm
@@ -170,7 +170,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     best_state = None
     n, m, step = len(x_train), task.metric, 0
     # Epochs at the end that count as "still improving" when the cap stops a run.
-    window = max(cfg.patience or 0, math.ceil(cfg.epochs / 10), 1)
+    window = budget_window(cfg.epochs, cfg.patience)
     clipped = torch.zeros((), device=device)  # steps whose norm exceeded clip_norm (on the device: no sync)
     for epoch in range(1, cfg.epochs + 1):
         model.train()

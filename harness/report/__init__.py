@@ -133,7 +133,7 @@ def headline(s: studies.Study) -> str:
                 + " The comparison is not yet fair: " + "; ".join(reasons) + ".")
     elif len(t) == 1 and str(t.loc[best, "budget-limited"]).startswith("yes"):
         text += f" It ran to the epoch cap still improving: raise train.epochs ({_cap(s)}) before trusting its score."
-    notes = warnings(s)
+    notes = reading_notes(s)
     return text + (" Note: " + "; ".join(notes) + "." if notes else "")
 
 
@@ -141,7 +141,7 @@ SIZE_RATIO = 2.0  # parameter counts further apart than this: capacity, not only
 CLIP_SHARE = 0.5  # more of the steps clipped than this: the clip shaped the training
 
 
-def warnings(s: studies.Study) -> list[str]:
+def reading_notes(s: studies.Study) -> list[str]:
     """What a reader should weigh without it making the comparison unfair: compared sizes far apart,
     gradient clipping that bound on most steps."""
     t, out = s.families, []

@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness.families import colour
-from harness.report.runs import num
+from harness.report.runs import num, val_curve
 from harness.report.study import Study
 from harness.report.tables import best_trials
 
@@ -78,8 +78,7 @@ def curves(study: Study, client: MlflowClient, path: Path) -> str | None:
         ids = runs.loc[runs["params.model.arch"] == arch, "run_id"]
         if ids.empty:
             continue
-        per_run = [pd.Series({m.step: m.value for m in client.get_metric_history(r, f"val_{study.metric}")}, dtype=float)
-                   for r in ids]
+        per_run = [study.curve(r) if study.curve else val_curve(client, r, study.metric) for r in ids]
         per_run = [r for r in per_run if len(r)]
         if not per_run:
             continue

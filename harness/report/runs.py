@@ -136,10 +136,9 @@ def select_finals(finals: pd.DataFrame, best_trials: dict[str, int]) -> pd.DataF
     return pd.concat(keep) if keep else done.iloc[:0]
 
 
-def val_curve(client: MlflowClient, run_id: str, metric: str) -> list[float]:
-    """A run's validation metric per epoch, in epoch order."""
-    history = client.get_metric_history(run_id, f"val_{metric}")
-    return [m.value for m in sorted(history, key=lambda m: m.step)]
+def val_curve(client: MlflowClient, run_id: str, metric: str) -> pd.Series:
+    """A run's validation metric per epoch (indexed by epoch, in order)."""
+    return pd.Series({m.step: m.value for m in client.get_metric_history(run_id, f"val_{metric}")}, dtype=float).sort_index()
 
 
 def per_example(client: MlflowClient, run_ids: list[str]) -> np.ndarray | None:

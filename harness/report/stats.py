@@ -21,6 +21,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
+from harness.callbacks import budget_window
+
 # Shared seeds from which the signed-rank test replaces the paired t-test. Not fewer: at n seeds its
 # smallest two-sided p is 2 / 2^n (0.031 at 6), which Holm's correction over two or more
 # comparisons lifts above 0.05, so no architecture could ever be called worse.
@@ -167,7 +169,7 @@ def still_improving(curve: list[float], cap: int, patience: int | None, maximize
     a plateau that began to climb is."""
     if len(curve) < cap:  # patience ended it, or it failed
         return False
-    w = max(patience or 0, math.ceil(cap / 10), 1)
+    w = budget_window(cap, patience)
     if len(curve) <= w:
         return True
     values = to_scale(curve, scale)

@@ -3,7 +3,9 @@ them, shared by the study's report and the leaderboard across studies."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -35,6 +37,7 @@ class Study:
     search: pd.DataFrame  # harness.report.tables.search_table
     references: list[dict] = field(default_factory=list)
     scale: str = "linear"  # the metric's: on `log`, means are geometric, differences ratios, plots log-scaled
+    curve: Callable[[str], pd.Series] | None = None  # a run's validation curve by epoch, read once (runs.val_curve)
 
     @property
     def task(self) -> str:
@@ -58,8 +61,8 @@ def load(name: str, client: MlflowClient) -> Study:
     finals = select_finals(study_runs(name, client, role="final"), chosen)
     tags = study_tags(name, client)
     margin = float(tags["harness.margin"]) if tags.get("harness.margin") else None  # [report] margin, else the metric's
-    families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids), margin,
-                              curve=lambda run_id: val_curve(client, run_id, metric))
+    curve = functools.cache(lambda run_id: val_curve(client, run_id, metric))  # the table's, then the plot's
+    families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids), margin, curve=curve)
     return Study(name=name, runs=runs, finals=finals, metric=metric, maximize=maximize, tags=tags, families=families,
                  search=search_table(runs), references=json.loads(tags.get("harness.references", "[]")),
-                 scale=metric_scale(runs))
+                 scale=metric_scale(runs), curve=curve)

@@ -67,7 +67,7 @@ def speed_cells(runs: pd.DataFrame) -> pd.Series:
 
 def families_table(runs: pd.DataFrame, finals: pd.DataFrame,
                    per_example: Callable[[list[str]], np.ndarray | None], margin: float | None = None,
-                   curve: Callable[[str], list[float]] | None = None) -> pd.DataFrame:
+                   curve: Callable[[str], pd.Series] | None = None) -> pd.DataFrame:
     """The study's answer, one row per architecture (its family beside it), ranked by the final
     runs' mean test metric (geometric on a log-scale metric): how well (a 95% interval over seeds
     and the test set, `per_example(run_ids)` giving the seeds × examples matrix or None; against
@@ -195,13 +195,13 @@ def _range(values: pd.Series) -> str | None:
     return f"{v.min():.3g} – {v.max():.3g}" if len(v) > 1 else None
 
 
-def _improving(runs: pd.DataFrame, curve: Callable[[str], list[float]], maximize: bool, scale: str, margin: float) -> pd.Series:
+def _improving(runs: pd.DataFrame, curve: Callable[[str], pd.Series], maximize: bool, scale: str, margin: float) -> pd.Series:
     """Each run's budget-limited flag (1.0 / 0.0) from its validation curve (`stats.still_improving`);
     a run without a logged cap or curve keeps its own `budget_limited`."""
     caps, patience, own = num(runs, "params.train.epochs"), num(runs, "params.train.patience"), num(runs, "metrics.budget_limited")
     flags = []
     for run_id, cap, wait, flag in zip(runs["run_id"], caps, patience, own, strict=True):
-        values = curve(run_id) if cap == cap else []
+        values = curve(run_id).tolist() if cap == cap else []
         flags.append(float(stats.still_improving(values, int(cap), None if wait != wait else int(wait), maximize, scale, margin))
                      if values else flag)
     return pd.Series(flags, index=runs.index, dtype=float)
