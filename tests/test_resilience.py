@@ -205,6 +205,39 @@ def test_processes_logging_the_same_new_dataset_at_once_all_succeed(tmp_path):
             assert db.execute("select count(*) from inputs").fetchone()[0] == 12  # every run linked to each
 
 
+def _claim_waiting_trials(url: str, barrier, results) -> None:
+    from harness.sweep.storage import make_storage
+
+    storage = make_storage(url)
+    study_id = storage.get_study_id_from_name("race")
+    waiting = [t._trial_id for t in storage.get_all_trials(study_id, states=(TrialState.WAITING,))]
+    barrier.wait()  # every process claims the same queued trials at the same moment, as Optuna's ask does
+    results.put(sorted(i for i in waiting if storage.set_trial_state_values(i, TrialState.RUNNING)))
+
+
+def test_processes_claiming_the_same_queued_trial_at_once_one_wins(tmp_path):
+    """Optuna claims a queued trial with SELECT … FOR UPDATE, then sets it RUNNING: SQLite ignores
+    FOR UPDATE, so two workers could both claim one trial and train it twice (CI saw "Cannot tell a
+    COMPLETE trial" and a lost point). Harness's storage claims under the store's lock."""
+    ctx = multiprocessing.get_context("spawn")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="race", storage=url)
+    for _ in range(2):
+        for i in range(8):
+            study.enqueue_trial({"x": i})
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_claim_waiting_trials, args=(url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        claims = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        won = [i for c in claims for i in c]
+        assert len(won) == len(set(won)) == 8, claims  # each trial claimed by exactly one process
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            study.tell(t.number, 0.0)
+
+
 # ---------------------------------------------------------------- a store that fails a call
 
 

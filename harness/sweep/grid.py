@@ -3,8 +3,8 @@ commands or resumes share it.
 
 Each worker's own sampler would draw the grid in its own order (and repeat or skip points), so
 a grid study samples nothing: its points are queued as Optuna trials with fixed parameters
-(`enqueue_missing`), which workers pop one at a time (a storage-level state change that only
-one process wins). Two commands queueing at once may queue a point twice: the lowest-numbered
+(`enqueue_missing`), which workers pop one at a time (a state change that only one process
+wins: a row lock on a server, the store's lock on SQLite, harness.sweep.storage.Storage). Two commands queueing at once may queue a point twice: the lowest-numbered
 trial of a point owns it, and any other copy stops before training (`owner_elsewhere`), marked
 like a surplus trial. A resumed study queues what is missing: points never queued, or whose
 trial was lost or interrupted (a fault of the machinery) and not re-queued; within one sweep a

@@ -9,20 +9,21 @@ Specs: unset → SQLite `optuna.db` in the working directory; `journal:PATH` or 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 from filelock import FileLock
+from optuna.trial import TrialState
 
 from harness.checks import check_file, check_sqlite
 from harness.config import default_storage, masked
 from harness.errors import HarnessError
-from harness.resilience import wrap_methods
+from harness.resilience import retrying, wrap_methods
 from harness.sweep.recovery import lost_trial
 
 __all__ = ["store_lock", "make_storage", "masked", "resolve_storage", "with_driver"]
@@ -65,9 +66,23 @@ class Storage(optuna.storages.RDBStorage):
     """Optuna's RDB storage whose every call waits out an outage of its database (harness.resilience):
     a PostgreSQL server restarted mid-sweep costs no trial."""
 
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        # Optuna claims a queued trial by reading it WAITING with SELECT … FOR UPDATE, then setting
+        # it RUNNING. SQLite ignores FOR UPDATE: two workers could both claim one grid point and
+        # train it twice. There, a claim is made under the store's lock.
+        claim = state == TrialState.RUNNING and self.url.startswith("sqlite:///")
+        with store_lock(self.url) if claim else contextlib.nullcontext():
+            return _set_trial_state_values(self, trial_id, state, values)
 
-wrap_methods(Storage, optuna.storages.RDBStorage, lambda s: f"the Optuna storage {masked(s.url)}",
-             skip=frozenset({"remove_session", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}))
+
+def _store(storage: Storage) -> str:
+    return f"the Optuna storage {masked(storage.url)}"
+
+
+_set_trial_state_values = retrying(optuna.storages.RDBStorage.set_trial_state_values, _store)
+wrap_methods(Storage, optuna.storages.RDBStorage, _store,
+             skip=frozenset({"remove_session", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback",
+                             "set_trial_state_values"}))
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -119,7 +134,7 @@ def _last_byte(path: Path) -> bytes:
         return f.read(1)
 
 
-@contextmanager
+@contextlib.contextmanager
 def store_lock(url: str):
     """Hold an exclusive lock on a store while making what it may lack (tables, a study, a grid's
     queue, a final run's claim): neither Optuna nor MLflow creates a database's tables safely in
