@@ -80,12 +80,13 @@ def harness_worker(args: argparse.Namespace) -> dict:
 
     from harness.callbacks import Callback
     from harness.config import validate
-    from harness.runner import build, run_trial
+    from harness.runner import prepare, run_trial
 
     torch.set_num_threads(args.threads)
     meta = json.loads((args.data / "meta.json").read_text())
     exp = validate(meta["experiment"]).with_values({"train.seed": args.seed, "train.precision": args.precision})
-    task, model = build(exp)
+    prepared = prepare(exp, "cpu")
+    task = prepared.task
     if task.split_hashes() != meta["hashes"]:
         raise SystemExit(f"harness loaded other data than was exported: {task.split_hashes()} != {meta['hashes']}")
     ends: list[tuple[float, float]] = []  # (wall, process CPU) at each epoch's end, validation included
@@ -98,7 +99,7 @@ def harness_worker(args: argparse.Namespace) -> dict:
             ends.append((time.perf_counter(), time.process_time()))
 
     t0 = time.perf_counter()
-    result = run_trial(exp, [Stamp()], built=(task, model), device="cpu")
+    result = run_trial(exp, [Stamp()], prepared=prepared)
     t1 = time.perf_counter()
     n = len(task.x_train)
     epochs = []

@@ -27,7 +27,7 @@ from harness.config import validate
 from harness.errors import HarnessError
 from harness.kernels import kernel_path
 from harness.precision import PRECISIONS, check_precision
-from harness.runner import build, run_trial
+from harness.runner import prepare, run_trial
 
 
 def check_kernels(device: torch.device) -> None:
@@ -70,9 +70,9 @@ def trial(arch: str, precision: str, batch_size: int, args) -> None:
                   "device": args.device, "seed": 0},
         "tracking": {"grad_stats_every": 0, "gradflow": False},
     })
-    built = build(exp)
+    prepared = prepare(exp)
     t0 = time.perf_counter()
-    r = run_trial(exp, built=built)
+    r = run_trial(exp, prepared=prepared)
     f = r.final_metrics()
     print(f"{arch:9s} {batch_size:5d} {precision:5s} {r.kernel:8s} {f['train_samples_per_s']:10.0f} {f['device_peak_gflops']:11.0f} "
           f"{f.get('peak_fraction', float('nan')):8.4f} {r.test_metric:8.4f} {time.perf_counter() - t0:7.1f}")

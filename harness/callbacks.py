@@ -47,6 +47,8 @@ class TrialResult:
     speed: dict[str, float] = field(default_factory=dict)  # throughput, latency, memory, FLOP rate (harness.speed)
     contended: bool = False  # every epoch that sets the throughput shared the cores (harness.speed)
     gradflow: GradFlow | None = None  # the chosen checkpoint's gradient flow (harness.gradflow)
+    # Where the run's wall time went, by phase (seconds): logged as time_<phase>_s (TIME_PHASES)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def final_metrics(self) -> dict[str, float]:
         m = self.metric
@@ -64,7 +66,14 @@ class TrialResult:
             "total_time_s": self.total_time_s,
             **self.speed,
             **(self.gradflow.metrics() if self.gradflow is not None else {}),
+            **{f"time_{k}_s": v for k, v in self.timings.items()},
         }
+
+
+# A run's phases, each logged as time_<phase>_s: the callbacks' start (params, datasets), training
+# steps, validation, the callbacks after each epoch (metrics to MLflow, a pruner's report),
+# gradient flow, test, latency, step benchmark, matmul peak; tracking adds artifacts and model.
+TIME_PHASES = ("start", "train", "validate", "epoch_callbacks", "gradflow", "test", "latency", "bench", "peak")
 
 
 def budget_window(epochs: int, patience: int | None) -> int:
@@ -85,6 +94,9 @@ class FitStart:
     n_params: int
     flops_per_sample: int | None
     kernel: str = "none"  # the recurrent layers' kernel path (harness.kernels)
+    # What the registries say of the run (harness.runner.registry_facts), for tracking to log
+    # without looking them up: the task's defaults for unset options, the family, the metric's scale.
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 class Callback:

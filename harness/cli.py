@@ -112,8 +112,7 @@ def _run(args) -> int:
     from harness.checks import check_tracking
     from harness.config import load_experiment
     from harness.errors import Diverged
-    from harness.precision import check_precision
-    from harness.runner import build, resolve_device, run_trial
+    from harness.runner import prepare, run_tracked
     from harness.tracking import MlflowRun, experiment_id, get_client, run_name, tracking_uri
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
@@ -128,14 +127,13 @@ def _run(args) -> int:
     else:
         exp = load_experiment(args.experiment, sets)
     # A bad device, task option, model override or store fails here, before anything is written.
-    check_precision(exp.train.precision, resolve_device(exp.train.device))
-    built = build(exp)
+    prepared = prepare(exp)
     check_tracking(exp.name)
     client = get_client()
     run = MlflowRun(client, experiment_id(client, exp.name, exp.description), exp, name=run_name(exp),
                     tags={**tags, "harness.study": exp.name}, mlflow_model=True)
     try:
-        result = run_trial(exp, [run], built=built)
+        result = run_tracked(exp, run, prepared=prepared)
     except Diverged as e:  # the run is already closed FAILED with harness.failure=diverged
         clip = exp.train.clip_norm
         hint = "try a lower train.lr" + (f" or a smaller train.clip_norm (now {clip:g})" if clip else " or set train.clip_norm")

@@ -8,6 +8,7 @@ and `flat()` of it is exactly what gets logged.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import reprlib
 import tomllib
@@ -31,6 +32,17 @@ NAME_MAX = 200
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` if set, else `mlflow.db` (SQLite) in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def with_driver(url: str) -> str:
+    """`postgresql://` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by
+    it, 2.0 psycopg2; harness's `postgres` extra installs psycopg2."""
+    if not url.startswith("postgresql://"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return url.replace("postgresql://", f"postgresql+{driver}://", 1)
+    raise HarnessError(f"{masked(url)} needs a PostgreSQL driver; pip install 'harness[postgres]'")
 
 
 def masked(url: str) -> str:
@@ -99,9 +111,10 @@ class TrackingSettings(_Section):
     # 0 turns them off; unset: 100 on CPU, 500 on GPU (harness.gradients.default_every).
     grad_stats_every: int | None = Field(default=None, ge=0)
     checkpoint: bool = True  # the chosen epoch's state_dict as checkpoint.pt
-    # The chosen epoch's model as an MLflow model (mlflow.pytorch): runs of `harness run` and a
-    # sweep's final runs; a search's trials never log one (seconds each), only checkpoint.pt.
-    mlflow_model: bool = True
+    # The chosen epoch's model as an MLflow model (mlflow.pytorch): runs of `harness run` unless
+    # false; of a sweep's final runs, each architecture's best seed ("best") or every one ("all",
+    # or true); a search's trials never log one (seconds each), only checkpoint.pt.
+    mlflow_model: Literal["best", "all"] | bool = "best"
     settings_file: bool = True  # the resolved experiment as settings.json
     learning_curve: bool = True  # learning_curve.png
     # Gradient flow through time at the chosen checkpoint: gradflow_* metrics, gradflow.csv/.png

@@ -1,21 +1,28 @@
 """The chosen checkpoint as an MLflow model (`mlflow.pytorch`), with a signature and an input example.
 
-Runs of `harness run` and a sweep's final runs log one, named `model`, when
-`tracking.mlflow_model` is on; a search's trials never do (seconds each: they keep checkpoint.pt).
+Runs of `harness run` log one, named `model`, unless `tracking.mlflow_model = false`; of a sweep's
+final runs, each architecture's best seed by validation (`"best"`, the default: tracing costs
+seconds per run on long sequences, and the seeds differ only by chance) or every one (`"all"`,
+or `true`); a search's trials never do (they keep checkpoint.pt).
 `mlflow.pytorch.load_model(f"runs:/{run_id}/model")` gives it back on the CPU, in eval mode: its
 outputs are the run's own. The input example is the first test inputs; the signature is inferred
 from the model's outputs on them, with a free batch axis.
 
 It is saved as torch.export's graph (MLflow's `pt2` format): loading it runs no pickled code and
-needs torch only, not harness or the architecture's code. A model torch.export cannot trace (a
-plug-in with data-dependent control flow) is pickled instead, with a warning: loading that one
+needs torch only, not harness or the architecture's code. Tracing walks the recurrence step by step
+(about 30 ms a step: 26 s for a GRU at 784 steps), so a task longer than `EXPORT_MAX_STEPS` steps
+is pickled instead (MLflow's `pickle` format, a fraction of a second): the same
+`mlflow.pytorch.load_model`, with harness importable where it loads. A model torch.export cannot
+trace (a plug-in with data-dependent control flow) is pickled too, with a warning: loading that one
 needs its class importable.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 from mlflow.tracking import MlflowClient
@@ -25,6 +32,8 @@ from harness.tasks import Task
 NAME = "model"  # the model's URI within its run: runs:/<run_id>/model
 # Test inputs in the input example: more than one, since torch.export fixes a batch axis of size 1.
 EXAMPLE_ROWS = 5
+# Longer tasks are pickled rather than traced: tracing costs about 1 s per 30-40 steps.
+EXPORT_MAX_STEPS = 50
 
 
 def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, task: Task) -> str:
@@ -54,6 +63,8 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, task: T
             client.delete_logged_model(model_id)  # a run's `model` is the one that was logged
             raise
 
+    if (task.seq_len or 1) > EXPORT_MAX_STEPS:
+        return logged("pickle")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.export's notes on recurrent layers' flat weights, each run
@@ -63,3 +74,16 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, task: T
         warnings.warn(f"torch.export cannot trace {type(model).__name__} ({reason}): its MLflow model is pickled, "
                       "and loading it needs the class importable", stacklevel=2)
         return logged("pickle")
+
+
+def log_model_from_checkpoint(client: MlflowClient, run_id: str) -> str:
+    """Log the model of finished run `run_id` from its checkpoint.pt, rebuilt from the settings it
+    logged (`harness.rerun`); its URI."""
+    from harness.rerun import experiment_from_run
+    from harness.runner import build
+
+    task, model = build(experiment_from_run(run_id))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "checkpoint.pt", tmp)
+        model.load_state_dict(torch.load(Path(path), weights_only=True))
+    return log_model(client, run_id, model, task)

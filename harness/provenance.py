@@ -75,11 +75,13 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def add_wall_time(client, run_id: str, seconds: float) -> None:
-    """Add one sweep command's wall time to the study's total (`harness.repro.wall_s`): a study
-    resumed later is timed by its commands, not by the hours between them."""
-    before = float(client.get_run(run_id).data.tags.get(PREFIX + "wall_s", 0))
-    client.set_tag(run_id, PREFIX + "wall_s", f"{before + seconds:.0f}")
+def add_wall_time(client, run_id: str, seconds: float, workers: int = 1) -> None:
+    """Add one sweep command's wall time to the study's total (`harness.repro.wall_s`), and its
+    wall time × its workers to `harness.repro.worker_s` (what the report's time breakdown divides):
+    a study resumed later is timed by its commands, not by the hours between them."""
+    tags = client.get_run(run_id).data.tags
+    client.set_tag(run_id, PREFIX + "wall_s", f"{float(tags.get(PREFIX + 'wall_s', 0)) + seconds:.0f}")
+    client.set_tag(run_id, PREFIX + "worker_s", f"{float(tags.get(PREFIX + 'worker_s', 0)) + seconds * workers:.0f}")
 
 
 def study_tags(exp: Experiment, storage: str, devices: list[str], source: dict[str, str] | None = None) -> dict[str, str]:

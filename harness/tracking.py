@@ -51,7 +51,6 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
-from harness.archs import arch_info
 from harness.artifacts import write_artifacts
 from harness.callbacks import Callback, FitStart, TrialResult
 from harness.config import Experiment, TrackingSettings, tracking_uri
@@ -59,9 +58,7 @@ from harness.errors import Diverged, Pruned
 from harness.logged_model import log_model
 from harness.provenance import device_name, git_commit
 from harness.resilience import Client, infrastructure, reason
-from harness.tasks import Task, task_defaults
-from harness.tasks.metrics import margin as metric_margin
-from harness.tasks.metrics import scale as metric_scale
+from harness.tasks import Task
 
 FLUSH_S = 5.0  # seconds between metric writes while a run trains
 BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -196,20 +193,18 @@ def dataset_inputs(task: Task, hashes: dict[str, str]) -> list[DatasetInput]:
 
 def run_params(exp: Experiment, start: FitStart) -> dict[str, Any]:
     """The resolved settings as dotted keys, the model's size and analytic FLOPs, and what the
-    registries say of the run: its architecture's family and direction, the task's io, metric
-    and the metric's direction (the report ranks by it)."""
+    registries say of the run (`FitStart.facts`: its architecture's family and direction, the
+    task's defaults, the metric's scale), the task's io, metric and the metric's direction (the
+    report ranks by it)."""
     task = start.task
     params = {k: v for k, v in exp.flat().items() if k.split(".")[0] in ("task", "model", "train", "tracking")}
-    for name, default in task_defaults(exp.task.name).items():  # the task's own defaults fill unset options
-        if params.get(f"task.{name}") is None:
-            params[f"task.{name}"] = default
-    arch = arch_info(exp.model.arch, **exp.model.overrides())
+    for key, value in start.facts.items():  # the task's own defaults fill unset options only
+        if not key.startswith("task.") or params.get(key) is None:
+            params[key] = value
     params |= {"train.device": str(start.device),
                "tracking.grad_stats_every": start.grad_stats.every if start.grad_stats else 0,
                "n_params": start.n_params, "flops_per_sample": start.flops_per_sample, "kernel": start.kernel,
-               "arch_family": arch.family, "arch_bidirectional": arch.bidirectional,
-               "task_io": task.io, "task_metric": task.metric, "task_metric_scale": metric_scale(task.metric),
-               "task_metric_margin": metric_margin(task.metric),
+               "task_io": task.io, "task_metric": task.metric,
                "task_metric_direction": "maximize" if task.maximize else "minimize",
                "torch_threads": torch.get_num_threads()}  # speed is per thread count: a search and its finals must match
     if task.baseline is not None:  # the loss of the best input-blind predictor: learning starts below it
@@ -299,6 +294,10 @@ class MlflowRun(Callback):
         self.buffer = MetricBuffer(self.client, self.run_id)
         self.monitor = start_system_metrics(self.client, self.run_id, self.exp.tracking)
 
+    def end_failed(self, error: BaseException) -> None:
+        """End the run as `error` ends one, if training did not (it failed before its loop began)."""
+        end_failed(self.client, self.run_id, error)
+
     def on_grad_stats(self, step: int, values: dict[str, float]) -> None:
         self.buffer.add(values, step=step)
 
@@ -318,8 +317,10 @@ class MlflowRun(Callback):
     def on_fit_failure(self, error: BaseException, result: TrialResult) -> None:
         if self.run_id is None:  # failed before the run existed
             return
-        try:  # keep what the run logged up to here, all artifacts but the checkpoint
+        try:  # keep what the run logged up to here, all artifacts but the checkpoint, and where its time went
             if self.start is not None:
+                if self.buffer is not None:
+                    self.buffer.add({f"time_{k}_s": v for k, v in {**result.timings, "train": result.train_time_s}.items()})
                 self._write(result, None)
         finally:
             self._end(*failure_tags(error))
@@ -327,11 +328,17 @@ class MlflowRun(Callback):
     def _write(self, result: TrialResult, model: torch.nn.Module | None) -> None:
         if self.buffer is not None:
             self.buffer.flush(force=True)
+        t0 = time.perf_counter()
         write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
                         best_epoch=result.best_epoch if model is not None else 0, flow=result.gradflow, model=model,
                         test_per_example=result.test_per_example if model is not None else ())
+        times = {"time_artifacts_s": time.perf_counter() - t0}
         if self.mlflow_model and model is not None:
+            t0 = time.perf_counter()
             log_model(self.client, self.run_id, model, self.start.task)
+            times["time_model_s"] = time.perf_counter() - t0
+        now = int(time.time() * 1000)
+        _write(self.client, self.run_id, [Metric(k, v, now, 0) for k, v in times.items()])
 
     def _end(self, tags: dict[str, Any], status: str) -> None:
         if self.monitor is not None:

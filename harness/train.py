@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -97,9 +98,10 @@ def fit(
     callbacks: Sequence[Callback] = (),
     grad_stats: GradStats | None = None,
     gradflow: bool = True,
+    facts: dict | None = None,
 ) -> TrialResult:
     """Train, select the best validation epoch, test once; tell `callbacks` as it goes (see
-    harness.callbacks). Raises `Diverged` on NaN/inf, and whatever a callback raised, after
+    harness.callbacks; `facts` reach them in `FitStart`). Raises `Diverged` on NaN/inf, and whatever a callback raised, after
     every callback's `on_fit_failure`. `grad_stats` records on its steps without changing them;
     `gradflow`: measure the chosen checkpoint's gradient flow into `result.gradflow`.
     """
@@ -111,22 +113,26 @@ def fit(
         n_params=count_params(model), flops_per_sample=model_flops(model, task.seq_len),
         kernel=kernel_path(model, cfg.precision),
     )
-    begin = FitStart(model, task, device, grad_stats, result.n_params, result.flops_per_sample, result.kernel)
+    begin = FitStart(model, task, device, grad_stats, result.n_params, result.flops_per_sample, result.kernel,
+                     facts=facts or {})
     try:
-        for cb in callbacks:
-            cb.on_fit_start(begin)
+        with _timed(result, "start"):
+            for cb in callbacks:
+                cb.on_fit_start(begin)
         _train(model, task, cfg, device, callbacks, grad_stats, result, gradflow)
         result.total_time_s = time.perf_counter() - start
         figures, result.contended = speed.epoch_speed(result.history)
         # After the run, outside its total time, in one window: the step benchmark, then the
         # device's matmul peak that peak_fraction divides by.
         batch = slice(0, cfg.batch_size)
-        figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device,
-                                                 precision=cfg.precision)
+        with _timed(result, "bench"):
+            figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device,
+                                                     precision=cfg.precision)
         t0, cpu0 = time.perf_counter(), time.process_time()
         peak = speed.device_peak_gflops(device, DTYPES[cfg.precision])
+        result.timings["peak"] = time.perf_counter() - t0
         # under 1 on a CPU: the peak shared its cores, so it reads low and peak_fraction high
-        figures["peak_cpu_share"] = (time.process_time() - cpu0) / ((time.perf_counter() - t0) * torch.get_num_threads())
+        figures["peak_cpu_share"] = (time.process_time() - cpu0) / (result.timings["peak"] * torch.get_num_threads())
         result.speed |= figures | speed.training_speed(result.flops_per_sample, figures["train_samples_per_s"], peak)
     except BaseException as e:
         try:  # what was recorded up to the failure still reaches the callbacks
@@ -142,6 +148,16 @@ def fit(
     for cb in callbacks:
         cb.on_fit_end(result)
     return result
+
+
+@contextmanager
+def _timed(result: TrialResult, phase: str):
+    """Add the block's wall time to `result.timings[phase]`."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        result.timings[phase] = result.timings.get(phase, 0.0) + time.perf_counter() - t0
 
 
 def still_improving(curve: list[float], best_epoch: int, window: int, maximize: bool) -> bool:
@@ -224,7 +240,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
         if stats_samples == n:  # every step recorded statistics: there is nothing else to time
             stats_time = stats_samples = 0
         result.steps, result.samples_trained, result.train_time_s = step, result.samples_trained + n, result.train_time_s + train_time
-        val_loss, val_metric = evaluate(model, task, "val", device, cfg.eval_batch_size, cfg.precision)
+        with _timed(result, "validate"):
+            val_loss, val_metric = evaluate(model, task, "val", device, cfg.eval_batch_size, cfg.precision)
         record = {
             "train_loss": train_loss, f"train_{m}": total_metric.item() / n,
             "val_loss": val_loss, f"val_{m}": val_metric,
@@ -237,21 +254,27 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
         better = val_metric > result.best_val if task.maximize else val_metric < result.best_val
         if best_state is None or better:
             result.best_val, result.best_epoch = val_metric, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            with _timed(result, "validate"):
+                best_state = copy.deepcopy(model.state_dict())
         result.epochs_run = epoch
-        _grad_records(grad_stats, callbacks)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, record)
+        with _timed(result, "epoch_callbacks"):
+            _grad_records(grad_stats, callbacks)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, record)
         if cfg.patience is not None and epoch - result.best_epoch >= cfg.patience:
             result.stopped_early = True
             break
     result.clip_share = clipped.item() / step if cfg.clip_norm is not None and step else math.nan
     result.budget_limited = not result.stopped_early and still_improving(
         [r[f"val_{m}"] for r in result.history], result.best_epoch, window, task.maximize)
+    result.timings["train"] = result.train_time_s
     model.load_state_dict(best_state)
     if gradflow:  # on the chosen weights, before the test split is looked at
-        result.gradflow = flow.measure(model, *flow.fixed_batch(task), task.loss_fn, device)
-    result.test_loss, result.test_metric, result.test_per_example = _evaluate(
-        model, task, "test", device, cfg.eval_batch_size, cfg.precision, each=True)
-    result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device, precision=cfg.precision)
+        with _timed(result, "gradflow"):
+            result.gradflow = flow.measure(model, *flow.fixed_batch(task), task.loss_fn, device)
+    with _timed(result, "test"):
+        result.test_loss, result.test_metric, result.test_per_example = _evaluate(
+            model, task, "test", device, cfg.eval_batch_size, cfg.precision, each=True)
+    with _timed(result, "latency"):
+        result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device, precision=cfg.precision)
     result.speed["peak_memory_mb"] = speed.peak_memory_mb(device)

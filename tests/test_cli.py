@@ -58,8 +58,8 @@ def test_run_trains_once_and_logs_one_mlflow_run(workdir, capsys):
 def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, capsys):
     # Random sampler over the four families with a fixed seed: every trial is a real run. (The
     # quickstart's per-family learning-rate lists are a grid's: one shared range here.)
-    args = ["sweep", QUICK, "--n-trials", "4", "--study", "smoke", "--sampler", "random", "--pruner", "none", *SMALL,
-            "--set", "tracking.mlflow_model=false",  # up to 20 final runs: their models are tested in test_logged_runs
+    args = ["sweep", QUICK, "--n-trials", "4", "--study", "smoke", "--sampler", "random", "--pruner", "none", "--repeat", "3", *SMALL,
+            "--set", "tracking.mlflow_model=false",  # 12 final runs: their models are tested in test_logged_runs
             "--set", "sweep.space_by_arch={}", "--set", "sweep.space={'model.arch' = ['rnn', 'lstm', 'gru', 'brnn'], "
             "'train.lr' = { low = 1e-3, high = 1e-2, log = true }}"]
     assert main(args) == 0
@@ -93,6 +93,10 @@ def test_sweep_nests_trials_under_the_study_and_reports_every_arch(workdir, caps
     rows = [line for line in families.splitlines() if line.startswith("| ") and "architecture" not in line]
     assert {row.split("|")[1].strip() for row in rows} == archs
     assert (workdir / "reports" / "smoke_curves.png").stat().st_size > 1000
+    # Where the workers' time went: every share of it, training among them, adding up to the whole.
+    (spent,) = [line for line in report.splitlines() if line.startswith("- where the workers' time went")]
+    shares = {name.strip(): int(pct) for name, pct in re.findall(r"([^,]+?) (\d+)%", spent.split("): ", 1)[1])}
+    assert "training steps" in shares and shares["training steps"] > 0 and 97 <= sum(shares.values()) <= 103, spent
     # In MLflow: an experiment the UI opens on its runs (the page printed), the answer on the study run.
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&orderByKey=" in out

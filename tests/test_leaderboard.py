@@ -11,7 +11,7 @@ import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
@@ -19,6 +19,7 @@ from harness import families
 from harness.cli import main
 from harness.report import plots as report_plots
 from harness.report import write_leaderboard, write_report
+from tests.fakes import study_run, write_run
 
 FAMILY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "brnn": "BRNN"}
 
@@ -27,11 +28,10 @@ def write_study(client, name, finals: dict[str, list[float]], *, metric="accurac
                 baseline: float | None = None, sizes: dict[str, int] | None = None, clip: dict[str, float] | None = None):
     """A study whose architectures' final runs scored `finals` (seeds 1000, 1001, …), one search trial each."""
     exp_id = client.create_experiment(name)
-    client.create_run(exp_id, run_name=name, tags={"harness.role": "study", "harness.study": name})
+    study_run(client, exp_id, name)
     for number, (arch, values) in enumerate(finals.items()):
         for role, seeds in (("trial", [values[0]]), ("final", values)):
             for i, v in enumerate(seeds):
-                run = client.create_run(exp_id, run_name=f"{arch}-{role}-{i}")
                 params = {"model.arch": arch, "arch_family": FAMILY[arch], "task.name": task, "task_metric": metric,
                           "task_metric_scale": "log" if metric == "mse" else "linear",
                           "task_metric_direction": "maximize" if maximize else "minimize", "train.seed": 1000 + i,
@@ -39,11 +39,9 @@ def write_study(client, name, finals: dict[str, list[float]], *, metric="accurac
                           **({"task_metric_baseline": baseline} if baseline is not None else {})}
                 tags = {"harness.role": role, "harness.study": name, "harness.state": "complete",
                         "harness.config": f"c-{arch}", "harness.source_trial": str(number)}
-                client.log_batch(run.info.run_id, metrics=[Metric(f"test_{metric}", v, 0, 0), Metric(f"best_val_{metric}", v, 0, 0),
-                                                           Metric("train_samples_per_s", 100.0 * (number + 1), 0, 0),
-                                                           *([Metric("clip_share", clip[arch], 0, 0)] if clip else [])],
-                                 params=[Param(k, str(p)) for k, p in params.items()], tags=[RunTag(k, str(t)) for k, t in tags.items()])
-                client.set_terminated(run.info.run_id, "FINISHED")
+                metrics = {f"test_{metric}": v, f"best_val_{metric}": v, "train_samples_per_s": 100.0 * (number + 1),
+                           **({"clip_share": clip[arch]} if clip else {})}
+                write_run(client, exp_id, f"{arch}-{role}-{i}", params=params, tags=tags, metrics=metrics)
 
 
 def board_cells(text: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -178,13 +176,10 @@ def test_an_architecture_without_a_finished_final_run_keeps_its_row(workdir):
     client = MlflowClient()
     write_study(client, "a", STUDIES["a"][0])
     exp_id = client.get_experiment_by_name("a").experiment_id
-    run = client.create_run(exp_id, run_name="brnn-#9")  # one search trial, diverged: no final run
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in {
-        "model.arch": "brnn", "arch_family": "BRNN", "task.name": "digits", "task_metric": "accuracy",
-        "task_metric_direction": "maximize", "trial_number": "9"}.items()],
-        tags=[RunTag(k, v) for k, v in {"harness.role": "trial", "harness.study": "a", "harness.state": "failed",
-                                         "harness.failure": "diverged"}.items()])
-    client.set_terminated(run.info.run_id, "FAILED")
+    write_run(client, exp_id, "brnn-#9", status="FAILED",  # one search trial, diverged: no final run
+              params={"model.arch": "brnn", "arch_family": "BRNN", "task.name": "digits", "task_metric": "accuracy",
+                      "task_metric_direction": "maximize", "trial_number": "9"},
+              tags={"harness.role": "trial", "harness.study": "a", "harness.state": "failed", "harness.failure": "diverged"})
     text = write_report("a", "out").read_text()
     row = next(line for line in text.split("## Families")[1].splitlines() if line.startswith("| brnn"))
     assert "— (no finished run)" in row and "BRNN" in row
@@ -285,12 +280,9 @@ def test_a_comparison_that_is_not_yet_fair_is_provisional_and_says_what_would_ma
                              params=[Param("train.epochs", "5")])
         if role == "trial" and arch == "gru":  # two more trials for GRU, one tying its best validation value
             for number, value in ((7, 0.93), (8, 0.90)):
-                extra = client.create_run(exp_id, run_name=f"gru-trial-{number}")
-                client.log_batch(extra.info.run_id, metrics=[Metric("best_val_accuracy", value, 0, 0)],
-                                 params=[Param(k, v) for k, v in r.data.params.items() if k != "trial_number"] +
-                                 [Param("trial_number", str(number))],
-                                 tags=[RunTag(k, v) for k, v in r.data.tags.items() if not k.startswith("mlflow.")])
-                client.set_terminated(extra.info.run_id, "FINISHED")
+                write_run(client, exp_id, f"gru-trial-{number}", metrics={"best_val_accuracy": value},
+                          params={**r.data.params, "trial_number": number},
+                          tags={k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")})
     text = write_report("unfair", "out").read_text().split("\n\n")[1]
     assert text.startswith("Provisional: **GRU** is ahead: test accuracy 0.94 (")
     assert "LSTM 0.8133 and RNN 0.51 are worse" in text and "wins" not in text

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from harness.archs import create_model
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.logged_model import log_model
+from harness.logged_model import EXPORT_MAX_STEPS, log_model
 from harness.rerun import experiment_from_run, value_of
 from harness.sweep import run as sweep
 from harness.tasks import load_task
@@ -135,16 +135,22 @@ def test_logged_values_read_back_as_they_were():
     assert value_of("model.arch", "None") == "None"
 
 
-def test_a_final_run_logs_its_model_and_trains_again_with_its_seed(workdir, capsys):
+def test_the_best_final_seed_logs_its_model_and_trains_again_with_its_seed(workdir, capsys):
+    """By default (`tracking.mlflow_model = "best"`) one model per architecture: the final run with
+    the best validation score logs it once the seeds are done, from its checkpoint."""
     flush_denormals()  # as the command does: the rerun below goes through it
     (workdir / "tiny.toml").write_text(EXPERIMENT)
-    sweep(load(workdir / "tiny.toml", "sweep.n_trials=1", "sweep.repeat=1", "task.name='digits'", "tracking.mlflow_model=true"),
-          progress=False)
+    sweep(load(workdir / "tiny.toml", "sweep.n_trials=1", "sweep.repeat=3", "task.name='digits'", "tracking.checkpoint=true",
+               "tracking.mlflow_model='best'"), progress=False)
     runs = {r.data.tags["harness.role"]: r for r in the_runs("tiny")}
-    trial, final = runs["trial"], runs["final"]
+    trial = runs["trial"]
+    finals = [r for r in the_runs("tiny") if r.data.tags["harness.role"] == "final"]
     assert not models_of(trial)  # a search's trials keep no model (checkpoint.pt at most)
+    final = max(finals, key=lambda r: (r.data.metrics["best_val_accuracy"], -int(r.data.params["train.seed"])))
+    assert [bool(models_of(r)) for r in finals] == [r is final for r in finals]
     (logged,) = models_of(final)
-    assert final.data.params["train.seed"] == "1000"
+    seed = final.data.params["train.seed"]
+    assert final.data.tags["harness.model_of_best_seed"] == f"seed {seed}, the best of 3 by val_accuracy"
 
     task = load_task(**DIGITS)
     with torch.no_grad():
@@ -157,12 +163,44 @@ def test_a_final_run_logs_its_model_and_trains_again_with_its_seed(workdir, caps
 
     assert main(["run", "--from-run", final.info.run_id, "--set", "tracking.mlflow_model=false"]) == 0
     again = next(r for r in the_runs("tiny") if r.data.tags["harness.role"] == "run")
-    assert again.data.params["train.seed"] == "1000" and again.data.tags["harness.rerun_of"] == final.info.run_id
+    assert again.data.params["train.seed"] == seed and again.data.tags["harness.rerun_of"] == final.info.run_id
     for key in ("test_accuracy", "test_loss"):
         assert again.data.metrics[key] == final.data.metrics[key], key
     assert history(again.info.run_id, "val_loss") == history(final.info.run_id, "val_loss")
     with pytest.raises(HarnessError, match="parent run"):
         experiment_from_run(runs["study"].info.run_id)
+
+
+@pytest.mark.parametrize("setting", ["'all'", "'best'"])
+def test_every_final_run_logs_its_model_or_none_does(workdir, setting, capsys):
+    """"all" logs each final run's as it ends; "best" without checkpoints has no weights to log, and
+    says so (false: none, as test_from_run_trains_again_… shows for `harness run`)."""
+    (workdir / "tiny.toml").write_text(EXPERIMENT)
+    sweep(load(workdir / "tiny.toml", "sweep.n_trials=1", "sweep.repeat=2", "task.name='digits'",
+               f"tracking.mlflow_model={setting}", "tracking.checkpoint=false"), progress=False)
+    finals = [r for r in the_runs("tiny") if r.data.tags["harness.role"] == "final"]
+    assert len(finals) == 2
+    assert [len(models_of(r)) for r in finals] == [int(setting == "'all'")] * 2
+    assert not [r for r in finals if "harness.model_of_best_seed" in r.data.tags]
+    note = "'s best final run: tracking.checkpoint = false keeps no weights"
+    assert (note in capsys.readouterr().err) == (setting == "'best'")
+
+
+def test_a_long_sequences_model_is_pickled_rather_than_traced_step_by_step(workdir):
+    """Tracing unrolls the recurrence (26 s for a GRU at 784 steps): past EXPORT_MAX_STEPS the model
+    is pickled, loads with mlflow.pytorch.load_model all the same, and predicts as harness's own."""
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("long")).info.run_id
+    task = load_task("adding", seq_len=EXPORT_MAX_STEPS + 1, train_size=64, test_size=16)
+    model = create_model("gru", input_size=task.input_size, output_size=task.output_size, io=task.io,
+                         seq_len=task.seq_len, hidden_size=8)
+    log_model(client, run_id, model, task)
+    loaded = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    assert type(loaded) is type(model) and not isinstance(loaded, torch.fx.GraphModule)
+    folder = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(workdir / "model"))
+    assert not (Path(folder) / "data" / "model.pt2").exists()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(task.x_test), model.eval()(task.x_test))
 
 
 class Branchy(torch.nn.Module):

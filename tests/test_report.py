@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.archs import arch_info
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.report import runs as runs_module
 from harness.report import write_report
 from harness.tasks import _registry as tasks
 from harness.tasks import load_task, register_task
 from harness.tasks.metrics import _metrics as metrics
 from harness.tasks.metrics import register_metric
+from tests.fakes import study_run, write_run
 
 FAMILY = {"lstm": "LSTM", "rnn": "RNN", "bigru": "BRNN"}  # what the registry logs for these runs
 
 
 def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None, test=None, speed=None, seed=0,
          number=None, limited=None, flow=None, kernel=None, gflops=None, **extra_tags):
-    run = client.create_run(exp_id, run_name=name)
-    rid = run.info.run_id
     tags = {"harness.role": role, "harness.study": "s", "harness.state": state, **extra_tags}
     params = {"model.arch": arch, "n_params": 100, "task.name": "digits", "task_io": "many-to-one", "task_metric": "accuracy",
               "task_metric_direction": "maximize", "arch_family": FAMILY[arch], "train.seed": seed}
@@ -30,14 +30,11 @@ def _run(client, exp_id, name, *, arch, role="trial", state="complete", val=None
         params["trial_number"] = number
     if kernel is not None:
         params["kernel"] = kernel
-    metrics = {k: v for k, v in {"best_val_accuracy": val, "test_accuracy": test, "train_samples_per_s": speed,
-                                 "train_gflops_per_s": gflops,
-                                 "budget_limited": limited, **(flow or {})}.items() if v is not None}
-    client.log_batch(rid, metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()],
-                     params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    if val is not None:
-        client.log_batch(rid, metrics=[Metric("val_accuracy", val - 0.1, 0, 1), Metric("val_accuracy", val, 0, 2)])
-    client.set_terminated(rid, {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[state])
+    metrics = {"best_val_accuracy": val, "test_accuracy": test, "train_samples_per_s": speed, "train_gflops_per_s": gflops,
+               "budget_limited": limited, **(flow or {})}
+    write_run(client, exp_id, name, params=params, tags=tags, metrics=metrics,
+              curve=("val_accuracy", [val - 0.1, val]) if val is not None else None,
+              status={"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[state])
 
 
 FINALS = {"bigru": [0.93, 0.96, 0.97], "lstm": [0.90, 0.92, 0.94], "rnn": [0.50, 0.55, 0.52]}  # seeds 1000, 1001, 1002
@@ -47,8 +44,7 @@ FINALS = {"bigru": [0.93, 0.96, 0.97], "lstm": [0.90, 0.92, 0.94], "rnn": [0.50,
 def study(workdir):
     client = MlflowClient()
     exp_id = client.create_experiment("s")
-    client.create_run(exp_id, run_name="s", tags={"harness.role": "study", "harness.study": "s",
-                                                  "harness.edges": "rnn: best train.lr = 0.01 is the highest of [0.001, 0.01]"})
+    study_run(client, exp_id, "s", **{"harness.edges": "rnn: best train.lr = 0.01 is the highest of [0.001, 0.01]"})
     _run(client, exp_id, "lstm-#0", arch="lstm", val=0.90, test=0.88, speed=1000.0, number=0)
     _run(client, exp_id, "lstm-#1", arch="lstm", val=0.95, test=0.91, speed=900.4, number=1, kernel="onednn", gflops=1.25,
          flow={"gradflow_rate": -0.0512345, "gradflow_rate_iqr": 0.01}, **{"harness.contended": "false"})
@@ -77,6 +73,24 @@ def table(text: str, section: str) -> list[list[str]]:
     part = text.split(f"## {section}")[1].split("\n## ")[0]
     rows = [line.split("|") for line in part.splitlines() if line.startswith("| ") and "architecture" not in line]
     return [[c.strip() for c in r[1:-1]] for r in rows]
+
+
+@pytest.mark.parametrize("role", ["trial", "final", "study", "seed"])
+def test_a_sql_store_is_read_from_its_tables_as_search_runs_reads_it(study, role):
+    """The report reads MLflow's tables directly (one query per table, not an object per value): the
+    same rows, columns, values and order as MLflow's search_runs, NaN metrics and unfinished runs included."""
+    client = MlflowClient()
+    exp_id = client.get_experiment_by_name("s").experiment_id
+    running = client.create_run(exp_id, run_name="still-running", tags={"harness.role": "trial"}).info.run_id
+    client.log_metric(running, "best_val_accuracy", float("nan"))
+    fast = runs_module._read_tables(runs_module._database(client.tracking_uri), exp_id, role)
+    slow = runs_module._search(client, exp_id, role)
+    assert len(fast) == len(slow) == {"trial": 8, "final": 11, "study": 1, "seed": 0}[role]
+    if role == "seed":
+        return
+    assert list(fast["run_id"]) == list(slow["run_id"])
+    assert set(fast.columns) == set(slow.columns)
+    pd.testing.assert_frame_equal(fast[slow.columns].reset_index(drop=True), slow.reset_index(drop=True), check_dtype=False)
 
 
 def test_search_ranks_architectures_by_their_best_trial_as_a_selection_score(study):
@@ -264,7 +278,7 @@ def test_a_study_whose_every_trial_diverged_reports_dashes_and_no_warning(workdi
 
     client = MlflowClient()
     exp_id = client.create_experiment("s")
-    client.create_run(exp_id, run_name="s", tags={"harness.role": "study", "harness.study": "s"})
+    study_run(client, exp_id, "s")
     for number, arch in enumerate(("lstm", "rnn")):
         _run(client, exp_id, f"{arch}-#{number}", arch=arch, state="failed", number=number, **{"harness.failure": "diverged"})
     with warnings.catch_warnings():

@@ -222,20 +222,17 @@ def test_processes_claiming_the_same_queued_trial_at_once_one_wins(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="race", storage=url)
-    for _ in range(2):
-        for i in range(8):
-            study.enqueue_trial({"x": i})
-        barrier, results = ctx.Barrier(4), ctx.Queue()
-        procs = [ctx.Process(target=_claim_waiting_trials, args=(url, barrier, results)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        claims = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(30)
-        won = [i for c in claims for i in c]
-        assert len(won) == len(set(won)) == 8, claims  # each trial claimed by exactly one process
-        for t in study.get_trials(states=(TrialState.RUNNING,)):
-            study.tell(t.number, 0.0)
+    for i in range(12):
+        study.enqueue_trial({"x": i})
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_claim_waiting_trials, args=(url, barrier, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    claims = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    won = [i for c in claims for i in c]
+    assert len(won) == len(set(won)) == 12, claims  # each trial claimed by exactly one process
 
 
 # ---------------------------------------------------------------- a store that fails a call

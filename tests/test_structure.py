@@ -66,6 +66,8 @@ def test_the_loop_knows_neither_optuna_nor_mlflow_and_tracking_does_not_run_it()
     for name in ("train.py", "runner.py", "callbacks.py", "gradients.py", "gradflow.py", "speed.py"):
         assert imports_any(PACKAGE / name, "optuna", "mlflow", "harness.sweep", "harness.tracking") == [], name
     assert imports_any(PACKAGE / "tracking.py", "harness.train", "harness.runner", "optuna") == []
+    # what the registries say of a run reaches tracking in FitStart.facts (harness.runner.registry_facts)
+    assert imports_any(PACKAGE / "tracking.py", "harness.archs", "harness.tasks.metrics", "harness.tasks.task_defaults") == []
 
 
 def test_architectures_and_tasks_never_import_each_other():

@@ -24,7 +24,7 @@ from harness.callbacks import Callback
 from harness.config import validate
 from harness.errors import Diverged, Pruned
 from harness.gradflow import fixed_batch, measure
-from harness.runner import build, run_trial
+from harness.runner import build, run_tracked, run_trial
 from harness.tracking import MlflowRun, device_name, experiment_id, get_client, git_commit, study_run
 from harness.train import evaluate
 
@@ -118,6 +118,14 @@ def test_trial_run_holds_every_key(workdir):
     assert 0 < m["infer_latency_ms_p50"] <= m["infer_latency_ms_p95"]
     assert m["peak_fraction"] == pytest.approx(m["train_gflops_per_s"] / m["device_peak_gflops"])
     assert m["total_time_s"] >= sum(h["epoch_time_s"] for h in result.history)
+    # Where the time went, phase by phase: training steps as the loop counted them, the phases inside
+    # the training function within its total time, the files and the model after it.
+    assert m["time_train_s"] == pytest.approx(result.train_time_s) and m["time_train_s"] < sum(h["epoch_time_s"] for h in result.history)
+    inside = ("start", "train", "validate", "epoch_callbacks", "gradflow", "test", "latency")
+    assert all(m[f"time_{p}_s"] > 0 for p in (*inside, "bench", "peak", "artifacts")) and "time_model_s" not in m  # none logged
+    assert sum(m[f"time_{p}_s"] for p in inside) <= m["total_time_s"]
+    run_info = client.get_run(run_id).info
+    assert sum(v for k, v in m.items() if k.startswith("time_")) <= (run_info.end_time - run_info.start_time) / 1000
 
     # Artifacts.
     folder = Path(client.download_artifacts(run_id, "", str(workdir / "artifacts")))
@@ -256,6 +264,19 @@ def test_errors_and_pruning_close_the_run(workdir):
     assert runs["boom"].data.tags["harness.failure"] == "RuntimeError" and runs["boom"].data.tags["harness.error"] == "disk on fire"
     assert runs["prune"].info.status == "KILLED" and runs["prune"].data.tags["harness.state"] == "pruned"
     assert client.get_metric_history(runs["prune"].info.run_id, "val_accuracy")[0].step == 1  # logged before the prune
+
+
+def test_a_tracked_run_that_fails_before_its_loop_is_ended_with_its_reason(workdir):
+    """`run_tracked` opens the run first (a sweep's claim on its work) and ends it FAILED with the
+    reason when the trial cannot even be built: no run is left RUNNING."""
+    exp = experiment(model={"hidden_size": 0}, tracking={"system_metrics": False})
+    client = get_client()
+    run = MlflowRun(client, experiment_id(client, exp.name), exp, name="unbuildable", tags={"harness.role": "run"})
+    with pytest.raises(Exception, match="hidden_size"):
+        run_tracked(exp, run)
+    stored = client.get_run(run.run_id)
+    assert stored.info.status == "FAILED" and stored.data.tags["harness.state"] == "failed"
+    assert "hidden_size" in stored.data.tags["harness.error"]
 
 
 def test_a_run_sharing_the_cores_is_tagged_contended_and_alone_it_is_not(workdir):

@@ -360,6 +360,11 @@ def reproduction(s: studies.Study) -> list[str]:
              if r.get("wall_s") else f"{(int(end) - int(start)) / 60000:.1f} min (the study run's start to end, final runs included)"
              if start and end else None}
     lines += [f"- {k}: {v}" for k, v in facts.items() if v]
+    if s.spent:
+        worker_s = sum(s.spent.values())
+        lines.append(f"- where the workers' time went ({worker_s / 60:.1f} worker-min: each sweep command's wall time × its "
+                     "workers; from each run's `time_*_s`): " +
+                     ", ".join(f"{k} {v / worker_s:.0%}" for k, v in s.spent.items() if v / worker_s >= 0.005))
     return lines
 
 

@@ -19,6 +19,8 @@ from harness.report.runs import (
     select_finals,
     study_runs,
     study_tags,
+    time_spent,
+    trained_runs,
     trial_runs,
     val_curve,
 )
@@ -38,6 +40,7 @@ class Study:
     references: list[dict] = field(default_factory=list)
     scale: str = "linear"  # the metric's: on `log`, means are geometric, differences ratios, plots log-scaled
     curve: Callable[[str], pd.Series] | None = None  # a run's validation curve by epoch, read once (runs.val_curve)
+    spent: dict[str, float] = field(default_factory=dict)  # the workers' seconds per phase (runs.time_spent)
 
     @property
     def task(self) -> str:
@@ -58,11 +61,14 @@ def load(name: str, client: MlflowClient) -> Study:
     runs = trial_runs(name, client)
     metric, maximize = metric_name(runs)
     chosen = {arch: int(n) for arch, n in num(best_trials(runs), "params.trial_number").dropna().items()}
-    finals = select_finals(study_runs(name, client, role="final"), chosen)
+    every_final = study_runs(name, client, role="final")
+    finals = select_finals(every_final, chosen)
     tags = study_tags(name, client)
     margin = float(tags["harness.margin"]) if tags.get("harness.margin") else None  # [report] margin, else the metric's
     curve = functools.cache(lambda run_id: val_curve(client, run_id, metric))  # the table's, then the plot's
     families = families_table(runs, finals, lambda run_ids: per_example(client, run_ids), margin, curve=curve)
     return Study(name=name, runs=runs, finals=finals, metric=metric, maximize=maximize, tags=tags, families=families,
                  search=search_table(runs), references=json.loads(tags.get("harness.references", "[]")),
-                 scale=metric_scale(runs), curve=curve)
+                 scale=metric_scale(runs), curve=curve,
+                 spent=time_spent(trained_runs(runs, study_runs(name, client, role="seed"), every_final),
+                                  float(tags.get("harness.repro.worker_s") or 0)))

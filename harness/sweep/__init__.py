@@ -211,6 +211,6 @@ def run(
     finally:
         fail_lost_trials(study)
         close_orphan_runs(client, exp_id, study)
-        provenance.add_wall_time(client, parent, time.monotonic() - started)
+        provenance.add_wall_time(client, parent, time.monotonic() - started, len(slots))
         client.set_terminated(parent, status)
     return SweepOutcome(study, objs, url, pareto, finals, edge)

@@ -7,6 +7,8 @@ tagged with its configuration (`harness.config`, a hash of the trial's parameter
 claimed before it trains, so however many commands run the repeats, each (configuration, seed)
 is trained once; the report also keeps one run per (configuration, seed). A final run that a
 fault of the machinery interrupted is trained again (`MAX_RETRY` times), as a search's trial is.
+With `tracking.mlflow_model = "best"` (the default), once the final runs are done each
+architecture's best seed by the validation objective (never the test metric) logs its model.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment, tracking_uri
+from harness.logged_model import log_model_from_checkpoint
 from harness.resilience import infrastructure, reason
-from harness.runner import run_trial
+from harness.runner import run_tracked
 from harness.sweep import workers
 from harness.sweep.counting import MAX_RETRY
 from harness.sweep.objective import Objective, Plan, objective_value
 from harness.sweep.sizes import matched
 from harness.sweep.storage import make_storage, store_lock
-from harness.tracking import MlflowRun, end_failed, find_runs, get_client, run_name
+from harness.tracking import MlflowRun, find_runs, get_client, run_name, set_tags
 
 SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds
 BACKOFF_S = 2.0  # the wait before a final run the machinery interrupted trains again (doubling)
@@ -134,7 +137,7 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
                         "harness.source_trial": t.number, "harness.config": config, "harness.seed": seed,
                         "harness.repeat": i + 1, "harness.worker": token}
                 tracked = MlflowRun(client, plan.exp_id, fexp, name=f"{run_name(fexp)}-final-s{seed}", tags=tags,
-                                    parent=plan.parent_run, mlflow_model=True)
+                                    parent=plan.parent_run, mlflow_model=exp.tracking.mlflow_model in ("all", True))
                 with store_lock(tracking_uri()):  # check and claim as one step for the store's commands
                     held = _taken(client, plan).get((config, str(seed)))
                     if held is None:
@@ -146,9 +149,8 @@ def run_repeats(plan: Plan, study: optuna.Study, k: int, device: str) -> list[Fi
                                             m.get(f"test_{plan.metric}", math.nan), held.info.run_id))
                     break
                 try:
-                    result = run_trial(fexp, [tracked, workers.StopOnSignal()])
-                except BaseException as e:  # ended by its run once training began; before that, here
-                    end_failed(client, tracked.run_id, e)
+                    result = run_tracked(fexp, tracked, [workers.StopOnSignal()])
+                except BaseException as e:  # the run is ended, with its reason
                     if not isinstance(e, Exception):
                         raise
                     again = infrastructure(e) and attempt < MAX_RETRY
@@ -185,4 +187,41 @@ def run_finals(plan: Plan, study: optuna.Study, slots: list[workers.Slot]) -> li
             workers.stop(procs)
             raise
         workers.drain(outages)
-    return run_repeats(plan, study, plan.exp.sweep.repeat, slots[0].run_device)
+    finals = run_repeats(plan, study, plan.exp.sweep.repeat, slots[0].run_device)
+    if plan.exp.tracking.mlflow_model == "best":
+        log_best_models(plan, finals)
+    return finals
+
+
+BEST_MODEL = "harness.model_of_best_seed"  # a final run's tag: the seed whose model was logged, of how many
+
+
+def log_best_models(plan: Plan, finals: list[FinalRun]) -> None:
+    """Each architecture's best final run by the first objective logs its model, from its
+    checkpoint, once however many commands finish the study (claimed by a tag under the store's
+    lock). A model that cannot be logged is said in one line: the runs and the report stand."""
+    client, obj = get_client(), plan.objectives[0]
+    for arch in dict.fromkeys(f.arch for f in finals):
+        runs = [f for f in finals if f.arch == arch and math.isfinite(f.value)]
+        if not runs:
+            continue
+        best = (max if obj.maximize else min)(runs, key=lambda f: f.value)
+        if not plan.exp.tracking.checkpoint:
+            print(f"harness: no MLflow model for {arch}'s best final run: tracking.checkpoint = false keeps no weights "
+                  "to log (set tracking.mlflow_model = \"all\" to log each final run's as it ends)", file=sys.stderr)
+            continue
+        with store_lock(tracking_uri()):  # check and claim as one step (logging it takes the lock itself)
+            if BEST_MODEL in client.get_run(best.run_id).data.tags:
+                continue
+            set_tags(client, best.run_id, {BEST_MODEL: "being logged"})
+        try:
+            t0 = time.perf_counter()
+            log_model_from_checkpoint(client, best.run_id)
+        except Exception as e:
+            client.delete_tag(best.run_id, BEST_MODEL)  # the next sweep tries again
+            print(f"harness: the MLflow model of {arch}'s best final run ({best.run_id}) could not be logged: "
+                  f"{reason(e)}", file=sys.stderr)
+            continue
+        # outside the run's own wall time (it had ended): the report counts it apart (harness.report.runs.time_spent)
+        client.log_metric(best.run_id, "time_best_model_s", time.perf_counter() - t0, step=0)
+        set_tags(client, best.run_id, {BEST_MODEL: f"seed {best.seed}, the best of {len(runs)} by {obj.key}"})

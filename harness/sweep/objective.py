@@ -15,17 +15,17 @@ from dataclasses import dataclass
 
 import optuna
 
-from harness.callbacks import TrialResult
+from harness.callbacks import TIME_PHASES, TrialResult
 from harness.config import Experiment
 from harness.errors import HarnessError, Pruned
 from harness.resilience import infrastructure, reason
-from harness.runner import run_trial
+from harness.runner import run_tracked
 from harness.sweep import grid, optuna_private, recovery, workers
 from harness.sweep.counting import INTERRUPTED, SURPLUS, Surplus, is_surplus
 from harness.sweep.sizes import matched
 from harness.sweep.space import suggest
 from harness.tasks import Task
-from harness.tracking import MlflowRun, SeedGroupRun, end_failed, get_client, run_name, set_tags
+from harness.tracking import MlflowRun, SeedGroupRun, get_client, run_name, set_tags
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ def result_keys(exp: Experiment, metric: str) -> set[str]:
              "train_samples_per_s", "train_samples_per_s_min", "train_samples_per_s_max", "bench_step_ms",
              "device_peak_gflops", "train_gflops_per_s", "peak_fraction", "peak_memory_mb",
              "infer_latency_ms_p50", "infer_latency_ms_p95", "infer_samples_per_s", "peak_cpu_share", "clip_share"}
-    flow = {"gradflow_rate", "gradflow_rate_iqr", "gradflow_rate_bwd", "gradflow_rate_bwd_iqr"} if exp.tracking.gradflow else set()
+    final |= {f"time_{phase}_s" for phase in TIME_PHASES if phase != "gradflow"}
+    flow = {"gradflow_rate", "gradflow_rate_iqr", "gradflow_rate_bwd", "gradflow_rate_bwd_iqr",
+            "time_gradflow_s"} if exp.tracking.gradflow else set()
     return epoch | final | flow
 
 
@@ -198,11 +200,7 @@ class TrialObjective:
             run = MlflowRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
             # Recorded before anything else happens, so a worker that dies now leaves a run to close.
             trial.set_user_attr("mlflow_run_id", run.open())
-            try:
-                results, trial_run = [run_trial(trial_exp, [run, PruneOnSignal(trial, prune_on, epochs)])], run.run_id
-            except BaseException as e:  # ended by the run itself once training began; before that, here
-                end_failed(self.client, run.run_id, e)
-                raise
+            results, trial_run = [run_tracked(trial_exp, run, [PruneOnSignal(trial, prune_on, epochs)])], run.run_id
         else:
             group = SeedGroupRun(self.client, plan.exp_id, trial_exp, name=name, tags=tags, parent=plan.parent_run)
             trial.set_user_attr("mlflow_run_id", group.run_id)
@@ -212,7 +210,7 @@ class TrialObjective:
                     seed_exp = trial_exp.with_values({"train.seed": trial_exp.train.seed + j})
                     run = group.seed_run(seed_exp, j)
                     watch = PruneOnSignal(trial, prune_on, epochs, seed_index=j, earlier=curves)
-                    results.append(run_trial(seed_exp, [run, watch]))
+                    results.append(run_tracked(seed_exp, run, [watch]))
                     curves.append(watch.curve)
                     seed_runs.append(run)
                 group.finish(results, seed_runs[0])

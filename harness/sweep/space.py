@@ -23,9 +23,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial
 
-from harness.archs import create_model
 from harness.config import Experiment, ParamSpec
 from harness.errors import HarnessError
+from harness.runner import build
 from harness.sweep import optuna_private
 from harness.sweep.budgets import EqualBudgets
 from harness.sweep.sizes import matched
@@ -141,9 +141,7 @@ def _check_values(exp: Experiment, values: dict, where: str | None, tasks: dict)
         key = _task_key(trial)
         if key not in tasks:
             tasks[key] = load_task(trial.task.name, **trial.task.options())
-        t = tasks[key]
-        create_model(trial.model.arch, input_size=t.input_size, output_size=t.output_size, io=t.io, seq_len=t.seq_len,
-                     **trial.model.overrides())
+        build(trial, tasks[key])
     except HarnessError as e:
         raise HarnessError(f"{where}: {e}" if where else str(e)) from None
     except Exception as e:  # the factory's own refusal (a float size …): this value cannot be built

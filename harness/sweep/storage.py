@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from harness.checks import check_file, check_sqlite
-from harness.config import default_storage, masked
+from harness.config import default_storage, masked, with_driver
 from harness.errors import HarnessError
 from harness.resilience import retrying, wrap_methods
 from harness.sweep.recovery import lost_trial
@@ -49,17 +48,6 @@ def resolve_storage(spec: str | None) -> str:
         url = spec
     check_sqlite(url, "sweep.storage")
     return url
-
-
-def with_driver(url: str) -> str:
-    """`postgresql://` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by
-    it, 2.0 psycopg2; harness's `postgres` extra installs psycopg2."""
-    if not url.startswith("postgresql://"):
-        return url
-    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
-        if importlib.util.find_spec(module) is not None:
-            return url.replace("postgresql://", f"postgresql+{driver}://", 1)
-    raise HarnessError(f"sweep.storage: {masked(url)} needs a PostgreSQL driver; pip install 'harness[postgres]'")
 
 
 class Storage(optuna.storages.RDBStorage):
