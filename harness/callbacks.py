@@ -66,8 +66,12 @@ class TrialResult:
             "total_time_s": self.total_time_s,
             **self.speed,
             **(self.gradflow.metrics() if self.gradflow is not None else {}),
-            **{f"time_{k}_s": v for k, v in self.timings.items()},
+            **self.time_metrics(),
         }
+
+    def time_metrics(self) -> dict[str, float]:
+        """`time_<phase>_s` for the phases timed so far (training steps from `train_time_s`)."""
+        return {f"time_{k}_s": v for k, v in {**self.timings, "train": self.train_time_s}.items()}
 
 
 # A run's phases, each logged as time_<phase>_s: the callbacks' start (params, datasets), training

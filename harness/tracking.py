@@ -320,7 +320,7 @@ class MlflowRun(Callback):
         try:  # keep what the run logged up to here, all artifacts but the checkpoint, and where its time went
             if self.start is not None:
                 if self.buffer is not None:
-                    self.buffer.add({f"time_{k}_s": v for k, v in {**result.timings, "train": result.train_time_s}.items()})
+                    self.buffer.add(result.time_metrics())
                 self._write(result, None)
         finally:
             self._end(*failure_tags(error))

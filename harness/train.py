@@ -267,7 +267,6 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
     result.clip_share = clipped.item() / step if cfg.clip_norm is not None and step else math.nan
     result.budget_limited = not result.stopped_early and still_improving(
         [r[f"val_{m}"] for r in result.history], result.best_epoch, window, task.maximize)
-    result.timings["train"] = result.train_time_s
     model.load_state_dict(best_state)
     if gradflow:  # on the chosen weights, before the test split is looked at
         with _timed(result, "gradflow"):

@@ -73,7 +73,7 @@ def _database(uri: str):
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    return sqlalchemy.create_engine(with_driver(uri) if uri.startswith("postgresql") else uri, poolclass=NullPool)
+    return sqlalchemy.create_engine(with_driver(uri), poolclass=NullPool)
 
 
 def _read_tables(engine, exp_id: str, role: str) -> pd.DataFrame:
