@@ -6,9 +6,9 @@ Every timing waits for the device before reading the clock (torch.utils.benchmar
 so GPU work is counted where it runs, not where it was queued. A run's training throughput is a
 median over epochs 2..E whose process CPU time kept up with wall time × torch threads
 (`cpu_share` ≥ `CONTENDED_BELOW`): an epoch that shared the cores with other work is left out,
-and a run with no other epoch is marked contended. The matmul peak is measured on every call,
-never cached: the loop measures it right after its step benchmark, so `peak_fraction` divides
-by a peak taken in the same window as the speed it is compared with.
+and a run with no other epoch is marked contended. The matmul peak is measured once per
+process, device, precision and thread count (`matmul_peak`) and kept only when the measurement
+had the cores to itself: a contended one reads low, so it is measured again by the next run.
 """
 
 from __future__ import annotations
@@ -167,6 +167,25 @@ def device_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
             if time.perf_counter() > end:
                 break
     return best
+
+
+_PEAKS: dict[tuple[str, torch.dtype, int], tuple[float, float]] = {}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[float, float, bool]:
+    """`device_peak_gflops` once per process, device, dtype and thread count: (GFLOP/s, the
+    process's CPU share while it was measured, whether it was measured now). A CPU measurement
+    that shared the cores (share below `CONTENDED_BELOW`) is not kept, so the next call measures
+    again; a GPU's is always kept (its share says nothing about the device)."""
+    key = (str(device), dtype, torch.get_num_threads())
+    if key in _PEAKS:
+        return (*_PEAKS[key], False)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    gflops = device_peak_gflops(device, dtype)
+    share = (time.process_time() - cpu0) / ((time.perf_counter() - t0) * torch.get_num_threads())
+    if device.type != "cpu" or share >= CONTENDED_BELOW:
+        _PEAKS[key] = (gflops, share)
+    return gflops, share, True
 
 
 def training_speed(flops_per_sample: int | None, samples_per_s: float, peak_gflops: float) -> dict[str, float]:

@@ -122,17 +122,16 @@ def fit(
         _train(model, task, cfg, device, callbacks, grad_stats, result, gradflow)
         result.total_time_s = time.perf_counter() - start
         figures, result.contended = speed.epoch_speed(result.history)
-        # After the run, outside its total time, in one window: the step benchmark, then the
-        # device's matmul peak that peak_fraction divides by.
+        # After the run, outside its total time: the step benchmark, then the device's matmul
+        # peak that peak_fraction divides by (measured once per worker while uncontended).
         batch = slice(0, cfg.batch_size)
         with _timed(result, "bench"):
             figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device,
                                                      precision=cfg.precision)
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        peak = speed.device_peak_gflops(device, DTYPES[cfg.precision])
+        t0 = time.perf_counter()
+        # peak_cpu_share under 1 on a CPU: the peak shared its cores, so it reads low and peak_fraction high
+        peak, figures["peak_cpu_share"], _ = speed.matmul_peak(device, DTYPES[cfg.precision])
         result.timings["peak"] = time.perf_counter() - t0
-        # under 1 on a CPU: the peak shared its cores, so it reads low and peak_fraction high
-        figures["peak_cpu_share"] = (time.process_time() - cpu0) / (result.timings["peak"] * torch.get_num_threads())
         result.speed |= figures | speed.training_speed(result.flops_per_sample, figures["train_samples_per_s"], peak)
     except BaseException as e:
         try:  # what was recorded up to the failure still reaches the callbacks

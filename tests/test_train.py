@@ -130,6 +130,27 @@ def test_the_step_benchmark_times_one_training_batch_forward_and_backward():
     assert direct / 3 < bench < direct * 3, (bench, direct)
 
 
+def test_the_matmul_peak_is_measured_once_per_worker_unless_the_cores_were_shared(monkeypatch):
+    from harness import speed
+
+    monkeypatch.setattr(speed, "_PEAKS", {})
+    first, share, measured = speed.matmul_peak(CPU)
+    assert measured and first > 0
+    if share >= speed.CONTENDED_BELOW:  # kept: the next run of this worker reuses it
+        assert speed.matmul_peak(CPU) == (first, share, False)
+    calls = []
+
+    def shared_cores(device, dtype):  # a measurement that waited instead of computing
+        calls.append(dtype)
+        time.sleep(0.05)
+        return 1.0
+
+    monkeypatch.setattr(speed, "device_peak_gflops", shared_cores)
+    assert speed.matmul_peak(CPU, torch.bfloat16)[2] and speed.matmul_peak(CPU, torch.bfloat16)[2]
+    assert calls == [torch.bfloat16] * 2  # contended: not kept, measured again
+    assert speed.matmul_peak(CPU, torch.bfloat16)[1] < speed.CONTENDED_BELOW
+
+
 NO_ONEDNN = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                reason="this torch build has no oneDNN (mkldnn): its LSTM runs the per-step path")
 
