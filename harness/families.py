@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import zlib
 
-COLOURS = {"RNN": "#1f77b4", "LSTM": "#ff7f0e", "GRU": "#2ca02c", "BRNN": "#d62728", "MLP": "#7f7f7f", "custom": "#9467bd"}
+COLOURS = {"RNN": "#1f77b4", "LSTM": "#ff7f0e", "GRU": "#2ca02c", "BRNN": "#d62728",
+           # the families proposed since (harness.archs: indrnn, orthogonal, lru, minrnn, mamba)
+           "IndRNN": "#8c564b", "ORNN": "#e377c2", "LRU": "#bcbd22", "minGRU": "#17becf", "minLSTM": "#393b79",
+           "Mamba": "#637939", "MLP": "#7f7f7f", "custom": "#9467bd"}
 FAMILIES = tuple(COLOURS)
-SPARE = ("#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39")
+SPARE = ("#8c6d31", "#843c39", "#5254a3", "#9c9ede", "#cedb9c", "#e7969c", "#7b4173", "#de9ed6")
 
 
 def colour(family: str) -> str:

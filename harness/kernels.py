@@ -12,7 +12,10 @@ precision (harness.precision: bf16 and fp16 run under autocast) and torch's back
   CPU: `nn.GRU`, `nn.RNN` or harness's with `kernel = "torch"`, and `nn.LSTM` with oneDNN off or in
   float64);
 - `custom`: another subclass of `nn.RNNBase` with a forward of its own;
-- `none`: no `nn.RNNBase` module at all (the MLP; a plug-in's own recurrence is not seen).
+- `scan`, `logscan`, `loop`, `harness`: a layer of the families proposed since (harness.archs.sequence)
+  names how its recurrence runs (`kernel_name`): a parallel scan, a log-space one, torch ops one
+  step at a time, or harness's scan;
+- `none`: no recurrent layer at all (the MLP; a plug-in's own recurrence is not seen).
 Layers that differ are joined with `+` in module order (`onednn+aten`). It does not guess from
 versions: it runs one tiny forward of each layer (2 sequences × 3 steps, in eval mode so that no
 dropout draws a random number) and reads which aten ops torch dispatched.
@@ -66,5 +69,6 @@ def layer_kernel(rnn: nn.RNNBase, precision: str = "fp32") -> str:
 
 def kernel_path(model: nn.Module, precision: str = "fp32") -> str:
     """The kernels of the model's recurrent layers, distinct ones joined by `+`; `none` without any."""
-    kernels = [layer_kernel(m, precision) for m in model.modules() if isinstance(m, nn.RNNBase)]
+    kernels = [layer_kernel(m, precision) if isinstance(m, nn.RNNBase) else m.kernel_name
+               for m in model.modules() if isinstance(m, nn.RNNBase) or hasattr(m, "kernel_name")]
     return "+".join(dict.fromkeys(kernels)) or "none"

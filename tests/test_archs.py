@@ -24,6 +24,7 @@ from harness.archs.recurrent import (
     gru_scan,
     unroll,
 )
+from harness.archs.sequence import SequenceNet
 from harness.cli import main
 from harness.config import load_experiment
 from harness.errors import HarnessError
@@ -46,15 +47,22 @@ def batch(io: str, seed: int = 1) -> torch.Tensor:
 
 
 def directions(model: nn.Module) -> int:
-    return 2 if isinstance(model, RecurrentNet) and model.rnn.bidirectional else 1
+    if isinstance(model, RecurrentNet):
+        return 2 if model.rnn.bidirectional else 1
+    return 2 if getattr(model, "bidirectional", False) else 1
+
+
+# The parameters that act only on h_{t−1}: one-to-one reads one step from a zero state, so they see nothing.
+RECURRENT = (".weight_hh", ".u", ".recurrent.", ".nu_log", ".theta_log", ".a_log")
 
 
 # --- every registered name × every io --------------------------------------------------------
 
 
 def test_the_registry_holds_every_compared_family():
-    assert {"rnn", "rnn-relu", "rnn-sigmoid", "brnn", "lstm", "bilstm", "gru", "bigru", "seed-lstm", "mlp"} <= set(NAMES)
-    assert list_models("*lstm") == ["bilstm", "lstm", "seed-lstm"]
+    assert {"rnn", "rnn-relu", "rnn-sigmoid", "brnn", "lstm", "bilstm", "gru", "bigru", "seed-lstm", "mlp",
+            "indrnn", "ornn", "lru", "mingru", "minlstm", "mamba"} <= set(NAMES)
+    assert list_models("*lstm") == ["bilstm", "lstm", "minlstm", "seed-lstm"]
 
 
 @pytest.mark.parametrize("io", IO_KINDS)
@@ -66,11 +74,14 @@ def test_forward_shape_no_nan_and_every_parameter_gets_a_gradient(name, io):
     assert torch.isfinite(y).all()
     y.square().mean().backward()
     for pname, p in model.named_parameters():
+        # One-to-one is one step from a zero state, so the recurrent weights see nothing (no
+        # gradient, or zeros). Any other all-zero gradient would mean a parameter wired to no
+        # output (e.g. a head reading one direction).
+        if io == "one-to-one" and any(r in f".{pname}" for r in RECURRENT):
+            assert p.grad is None or not p.grad.any(), pname
+            continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-        # All-zero would mean a parameter wired to no output (e.g. a head reading one direction);
-        # one-to-one is one step from a zero state, so only the recurrent weights see nothing.
-        if not (io == "one-to-one" and ".weight_hh" in pname):
-            assert p.grad.abs().sum() > 0, pname
+        assert p.grad.abs().sum() > 0, pname
 
 
 @pytest.mark.parametrize("io", IO_KINDS)
@@ -98,8 +109,12 @@ def test_return_hidden_gives_the_fused_output_and_top_layer_states(name, io):
         assert states == []
         return
     steps = 1 if io == "one-to-one" else T
-    lstm = "lstm" in name
     assert len(states) == directions(model) and all(len(ss) == steps for ss in states)
+    if isinstance(model, SequenceNet):  # a family of harness.archs.sequence: its layers are checked against
+        # their papers' equations, states included, in test_modern_archs.py
+        assert all(t.shape[0] == B and t.requires_grad for ss in states for s in ss for t in s)
+        return
+    lstm = "lstm" in name
     assert all(len(s) == (2 if lstm else 1) for ss in states for s in ss)  # (h_t, c_t) or (h_t,)
     assert all(t.shape == (B, H) and t.requires_grad for ss in states for s in ss for t in s)
     # They are the top layer's states as the fused module computes them (not a lower layer's,
@@ -126,7 +141,7 @@ def test_the_states_get_gradients_through_time_in_many_to_one(name):
     assert all(g.abs().sum() > 0 for g in grads)
     if name in ("rnn", "lstm", "gru"):  # ∂(Σy)/∂h_T is the head's weight, summed over outputs
         torch.testing.assert_close(grads[-1], model.head.weight.sum(0).expand(B, H))
-    if "lstm" in name:  # the memory carries gradient too, at every step the next step reads
+    if name in ("lstm", "bilstm", "seed-lstm"):  # the memory carries gradient too, at every step the next step reads
         cs = [s[1] for s in states[0][:-1]]
         assert all(g.abs().sum() > 0 for g in torch.autograd.grad(y.sum(), cs))
 
@@ -449,9 +464,9 @@ def test_bad_io_is_refused():
 def test_list_archs_names_each_family_and_activation(capsys):
     assert main(["list", "archs", "*rnn*"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert set(lines) == {"rnn", "rnn-relu", "rnn-sigmoid", "brnn"}
+    assert set(lines) == {"rnn", "rnn-relu", "rnn-sigmoid", "brnn", "indrnn", "ornn"}
     assert "tanh" in lines["rnn"] and "ReLU" in lines["rnn-relu"] and "sigmoid" in lines["rnn-sigmoid"]
-    assert lines["brnn"].split()[1] == "BRNN:" and lines["rnn"].split()[1] == "RNN:"
+    assert lines["brnn"].split()[1] == "BRNN:" and lines["rnn"].split()[1] == "RNN:" and lines["indrnn"].split()[1] == "IndRNN:"
 
 
 # --- plug-ins --------------------------------------------------------------------------------

@@ -52,20 +52,21 @@ def points(study: optuna.Study, state: TrialState = TrialState.COMPLETE) -> Coun
 
 @pytest.mark.slow
 def test_a_grid_with_two_workers_killed_and_resumed_runs_each_point_exactly_once(tiny, workdir):
-    cmd = sweep_cmd(tiny, "--jobs", "2", "--n-trials", "8", *GRID, *SLOW)
+    four = ["--set", "sweep.space={'model.arch' = ['rnn', 'gru'], 'train.lr' = [0.003, 0.01]}"]
+    cmd = sweep_cmd(tiny, "--jobs", "2", "--n-trials", "4", *GRID, *four, *SLOW)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:  # kill the command once some points are done and others run
-        wait_for(lambda: done_points() >= 2, timeout=180, what="two grid points done")
+    try:  # kill the command once a point is done and the other worker's runs
+        wait_for(lambda: done_points() >= 1, timeout=180, what="a grid point done")
     finally:
         p.kill()
         p.wait()
     left = study_of(None)
-    assert 2 <= sum(points(left).values()) < 8  # a partial grid
+    assert 1 <= sum(points(left).values()) < 4  # a partial grid
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     study = study_of(None)
-    grid = {(a, lr) for a in ("rnn", "gru", "lstm", "mlp") for lr in (0.003, 0.01)}
+    grid = {(a, lr) for a in ("rnn", "gru") for lr in (0.003, 0.01)}
     assert points(study) == Counter(dict.fromkeys(grid, 1))  # every point once, none twice
     # Whatever else the study holds never ran a point again: lost trials and surplus copies.
     for t in study.trials:

@@ -103,6 +103,25 @@ def states(study: optuna.Study) -> dict[str, int]:
 # ---------------------------------------------------------------- settings, no training
 
 
+MODERN = ["indrnn", "ornn", "lru", "mingru", "minlstm", "mamba"]
+
+
+def test_a_sweep_over_the_modern_families_runs_each_and_logs_its_kernel(exp_file, workdir):
+    exp = load(exp_file, "sweep.sampler='grid'", "sweep.space_by_arch={}", "train.epochs=1", "task.n_train=128", "sweep.n_trials=6",
+               f"sweep.space={{'model.arch' = {MODERN}, 'train.lr' = [0.01]}}")
+    outcome = run(exp, progress=False)
+    assert [t.state for t in outcome.study.trials] == [TrialState.COMPLETE] * len(MODERN)
+    trials = {r.data.params["model.arch"]: r for r in runs_of(role="trial")}
+    assert set(trials) == set(MODERN)
+    families = {a: r.data.params["arch_family"] for a, r in trials.items()}
+    assert families == {"indrnn": "IndRNN", "ornn": "ORNN", "lru": "LRU", "mingru": "minGRU", "minlstm": "minLSTM",
+                        "mamba": "Mamba"}
+    kernels = {a: r.data.params["kernel"] for a, r in trials.items()}
+    assert kernels == {"indrnn": "loop", "ornn": "loop", "lru": "scan", "mingru": "logscan", "minlstm": "logscan",
+                       "mamba": "scan"}
+    assert all(int(r.data.params["flops_per_sample"]) > 0 for r in trials.values())
+
+
 def test_cli_flags_override_the_file_and_unset_flags_override_nothing(exp_file):
     args = _parser().parse_args(["sweep", str(exp_file)])
     exp = _sweep_experiment(args)

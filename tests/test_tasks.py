@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import gzip
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from harness.archs import IO_KINDS, create_model
+from harness.archs import IO_KINDS, create_model, get_model_fn, list_models, model_options
 from harness.cli import main
 from harness.config import validate
 from harness.errors import HarnessError
@@ -36,6 +37,13 @@ TASKS = {
     "digits-flat": ({}, "one-to-one", (64,), (), 1438, 359),
     "adding": ({"seq_len": 20, "train_size": 300, "test_size": 50}, "many-to-one", (20, 2), (1,), 300, 50),
     "copy": ({"delay": 5, "train_size": 300, "test_size": 50}, "many-to-many", (25, 10), (25,), 300, 50),
+    "selective-copy": ({"seq_len": 20, "n_tokens": 4, "train_size": 300, "test_size": 50}, "many-to-many", (24, 10), (24,),
+                       300, 50),
+    "mqar": ({"n_pairs": 4, "n_queries": 3, "gap": 2, "train_size": 300, "test_size": 50}, "many-to-many", (13, 65), (13,),
+             300, 50),
+    "files": ({"path": str(EXPERIMENTS.parent / "examples" / "bearings.csv"), "id_column": "machine",
+               "time_column": "minute", "label_column": "state"}, "many-to-one", (24, 2), (), 72, 18),
+    "ucr": ({"dataset": "GunPoint", "val_size": 0.1}, "many-to-one", (150, 1), (), 50, 150),
     **{name: ({}, "many-to-one", (28, 28) if name.endswith("rows") else (784, 1), (), N_TRAIN_IDX, N_TEST_IDX)
        for name in MNIST_NAMES},
 }
@@ -108,14 +116,16 @@ def test_every_registered_task_keeps_the_io_contract(name, idx_root):
             assert y.shape[1] == task.seq_len
     if task.io == "one-to-one":
         assert task.seq_len == 1
-    torch.manual_seed(0)
-    model = create_model("gru", input_size=task.input_size, output_size=task.output_size, io=task.io,
-                         seq_len=task.seq_len, hidden_size=8)
-    out = model(task.x_val[:16])
-    loss, metric = task.loss_fn(out, task.y_val[:16]), task.metric_fn(out, task.y_val[:16])
-    assert loss.ndim == metric.ndim == 0 and torch.isfinite(loss) and torch.isfinite(metric)
-    loss.backward()  # the loss reaches every parameter
-    assert all(p.grad is not None for p in model.parameters())
+    for arch in list_models():  # every registered family reads the task and feeds its loss
+        torch.manual_seed(0)
+        small = {"hidden_size": 8} if "hidden_size" in model_options(get_model_fn(arch)) else {}
+        model = create_model(arch, input_size=task.input_size, output_size=task.output_size, io=task.io,
+                             seq_len=task.seq_len, **small)
+        out = model(task.x_val[:4])
+        loss, metric = task.loss_fn(out, task.y_val[:4]), task.metric_fn(out, task.y_val[:4])
+        assert loss.ndim == metric.ndim == 0 and torch.isfinite(loss) and torch.isfinite(metric), arch
+        loss.backward()  # the loss reaches every parameter (one step from a zero state: not the recurrent ones)
+        assert all(p.grad is not None for p in model.parameters()) or task.seq_len == 1, arch
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -130,7 +140,9 @@ def test_shapes_and_split_sizes(name, idx_root):
         assert tuple(x.shape[1:]) == x_shape and tuple(y.shape[1:]) == y_shape
 
 
-@pytest.mark.parametrize("name", [n for n in list_tasks() if "split_seed" in task_defaults(n)])
+# (files and ucr standardise with the training split's statistics, so a new validation split
+# rescales every split: test_files_task.py checks that their test sequences stay the same.)
+@pytest.mark.parametrize("name", [n for n in list_tasks() if "split_seed" in task_defaults(n) and n not in ("files", "ucr")])
 def test_splits_are_disjoint_and_deterministic(name, idx_root):
     """Every task with a validation split seed: disjoint splits, fixed by their seeds."""
     task = load(name, idx_root)
@@ -390,6 +402,54 @@ def test_training_learns_each_io_kind(io, task, arch, hidden, epochs, check):
     vals = [h[f"val_{t.metric}"] for h in result.history]
     assert result.best_val == (max(vals) if t.maximize else min(vals)) == vals[result.best_epoch - 1]
     assert check(result, t), (result.test_loss, result.test_metric, t.baseline)
+
+
+@pytest.mark.parametrize("arch", ["indrnn", "ornn", "lru", "mingru", "minlstm", "mamba"])
+def test_each_modern_family_learns_the_digits_read_row_by_row(arch):
+    """The families of harness.archs.sequence train in the one loop and learn: 8×8 digits by rows,
+    5 epochs untuned, where guessing scores 0.1."""
+    exp = validate({"task": {"name": "digits"}, "model": {"arch": arch, "hidden_size": 32},
+                    "train": {"epochs": 5, "lr": 1e-2, "batch_size": 32, "device": "cpu", "seed": 0}})
+    t, model = build(exp)
+    result = fit(model, t, exp.train, device=torch.device("cpu"), gradflow=True)
+    assert result.test_metric > 0.6, result.test_metric
+    flow = result.gradflow  # measured through the layer's step-by-step states
+    assert len(flow.state["forward"]) == t.seq_len and math.isfinite(statistics.median(flow.rates["forward"]))
+
+
+def test_selective_copy_scatters_the_symbols_in_order_and_asks_for_them_at_the_markers():
+    task = load_task("selective-copy", seq_len=30, n_tokens=5, vocab=6, train_size=200, test_size=20)
+    tokens = task.x_train.argmax(-1)  # 0 noise, 1..6 symbols, 7 the marker
+    for seq, target in zip(tokens, task.y_train, strict=True):
+        symbols = seq[:30][seq[:30] > 0]
+        assert len(symbols) == 5 and (seq[30:] == 7).all()
+        assert target[:30].eq(-100).all() and torch.equal(target[30:], symbols - 1)
+    starts = {int((seq[:30] > 0).nonzero()[0]) for seq in tokens}
+    assert len(starts) > 5  # the spacing varies from sequence to sequence: selection by content
+    assert task.baseline == pytest.approx(math.log(6), rel=0.05) and task.metric_baseline < 0.3
+
+
+def test_mqar_asks_each_queried_key_for_the_value_it_was_paired_with():
+    task = load_task("mqar", n_pairs=6, n_queries=4, gap=3, n_keys=10, n_values=7, train_size=200, test_size=20)
+    tokens = task.x_train.argmax(-1)  # 0 noise, 1..10 keys, 11..17 values
+    for seq, target in zip(tokens, task.y_train, strict=True):
+        pairs = dict(zip(seq[0:12:2].tolist(), (seq[1:12:2] - 11).tolist(), strict=True))
+        assert len(pairs) == 6 and all(1 <= k <= 10 for k in pairs) and (seq[12:15] == 0).all()
+        queries = seq[15:].tolist()
+        assert len(set(queries)) == 4 and target[:15].eq(-100).all()
+        assert target[15:].tolist() == [pairs[k] for k in queries]
+    assert task.baseline == pytest.approx(math.log(7), rel=0.05)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"n_tokens": 30, "seq_len": 20}, r"^task\.n_tokens: 30 symbols cannot be scattered over seq_len = 20"),
+    ({"task": "mqar", "n_pairs": 9, "n_keys": 8}, r"^task\.n_pairs: 9 pairs need as many distinct keys"),
+    ({"task": "mqar", "n_queries": 9}, r"^task\.n_queries: each query asks a different pair"),
+])
+def test_recall_tasks_refuse_impossible_settings_in_one_line(options, message):
+    name = options.pop("task", "selective-copy")
+    with pytest.raises(HarnessError, match=message):
+        load_task(name, **options, train_size=10, test_size=5)
 
 
 def test_a_tasks_metric_baseline_is_the_best_input_blind_predictors_test_metric():
