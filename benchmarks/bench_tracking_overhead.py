@@ -98,9 +98,10 @@ def run_off(exp) -> tuple[float, float, float]:
 def run_on(exp, store: str) -> tuple[float, float, float]:
     from mlflow.tracking import MlflowClient
 
+    from harness.mlflow_store import experiment_id
     from harness.runner import run_trial
     from harness.tasks import load_task
-    from harness.tracking import MlflowRun, experiment_id
+    from harness.tracking import MlflowRun
 
     client = MlflowClient(tracking_uri=store)
     STAMPS.clear()

@@ -110,10 +110,11 @@ def _list(args) -> int:
 
 def _run(args) -> int:
     from harness.checks import check_tracking
-    from harness.config import load_experiment
+    from harness.config import load_experiment, tracking_uri
     from harness.errors import Diverged
+    from harness.mlflow_store import experiment_id, get_client
     from harness.runner import prepare, run_tracked
-    from harness.tracking import MlflowRun, experiment_id, get_client, run_name, tracking_uri
+    from harness.tracking import MlflowRun, run_name
 
     sets = list(args.sets) + ([f"model.arch={args.arch}"] if args.arch else []) + ([f"train.device={args.device}"] if args.device else [])
     tags = {"harness.role": "run"}
@@ -165,11 +166,11 @@ def _sweep_experiment(args):
 
 def _sweep(args) -> int:
     from harness.checks import check_folder, is_server
-    from harness.config import experiment_path, masked
+    from harness.config import experiment_path, masked, tracking_uri
+    from harness.mlflow_store import find_runs, get_client
     from harness.provenance import command_line, file_digest
     from harness.report import write_report
     from harness.sweep import run
-    from harness.tracking import find_runs, get_client, tracking_uri
     from harness.ui import ranked, runs_url
 
     exp = _sweep_experiment(args)

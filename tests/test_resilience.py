@@ -27,11 +27,12 @@ from optuna.trial import TrialState
 from harness import cli, resilience
 from harness.config import load_experiment
 from harness.errors import Diverged, HarnessError
+from harness.mlflow_store import get_client
 from harness.runner import run_trial
 from harness.sweep import grid, pool, run
 from harness.sweep.counting import INTERRUPTED, MAX_RETRY, ended, interrupted
 from harness.sweep.storage import with_driver
-from harness.tracking import MlflowRun, get_client
+from harness.tracking import MlflowRun
 from tests.conftest import PgServer, free_port
 
 # A grid of short trials: 4 architectures × 2 learning rates on a small MNIST-1D, one epoch.

@@ -20,13 +20,13 @@ from harness.archs import create_model
 from harness.cli import _parser, _sweep_experiment
 from harness.config import Experiment, load_experiment
 from harness.errors import HarnessError
+from harness.mlflow_store import get_client, start_run
 from harness.runner import run_trial
 from harness.sweep import run, workers
 from harness.sweep.objective import objectives, result_keys
 from harness.sweep.space import arch_choices
 from harness.sweep.storage import make_storage, masked, resolve_storage
 from harness.sweep.workers import Slot, is_gone, plan_slots, worker_id
-from harness.tracking import get_client, start_run
 from tests.conftest import EXPERIMENTS
 
 # Small and fast: 256 MNIST-1D sequences, hidden size 8, nothing tracked beyond metrics.

@@ -24,8 +24,9 @@ from harness.callbacks import Callback
 from harness.config import validate
 from harness.errors import Diverged, Pruned
 from harness.gradflow import fixed_batch, measure
+from harness.mlflow_store import experiment_id, get_client
 from harness.runner import build, run_tracked, run_trial
-from harness.tracking import MlflowRun, device_name, experiment_id, get_client, git_commit, study_run
+from harness.tracking import MlflowRun, device_name, git_commit, study_run
 from harness.train import evaluate
 
 EPOCH_KEYS = {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time_s", "epoch_samples_per_s",

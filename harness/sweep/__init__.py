@@ -56,6 +56,7 @@ from harness import provenance
 from harness.checks import check_tracking
 from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
+from harness.mlflow_store import find_runs, get_client, set_tags
 from harness.precision import check_precision
 from harness.sweep import grid, workers
 from harness.sweep.counting import SURPLUS, interrupted
@@ -68,7 +69,7 @@ from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
 from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler, precisions
 from harness.sweep.storage import make_storage, masked, resolve_storage, store_lock
 from harness.tasks import shared_task
-from harness.tracking import dataset_inputs, find_runs, get_client, set_tags, study_run
+from harness.tracking import dataset_inputs, study_run
 
 __all__ = ["SweepOutcome", "run"]
 

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment, tracking_uri
 from harness.logged_model import log_model_from_checkpoint
+from harness.mlflow_store import find_runs, get_client, set_tags
 from harness.resilience import infrastructure, reason
 from harness.runner import run_tracked
 from harness.sweep import workers
@@ -32,7 +33,7 @@ from harness.sweep.counting import MAX_RETRY
 from harness.sweep.objective import Objective, Plan, objective_value
 from harness.sweep.sizes import matched
 from harness.sweep.storage import make_storage, store_lock
-from harness.tracking import MlflowRun, find_runs, get_client, run_name, set_tags
+from harness.tracking import MlflowRun, run_name
 
 SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds
 BACKOFF_S = 2.0  # the wait before a final run the machinery interrupted trains again (doubling)

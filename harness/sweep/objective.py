@@ -18,6 +18,7 @@ import optuna
 from harness.callbacks import TIME_PHASES, TrialResult
 from harness.config import Experiment
 from harness.errors import HarnessError, Pruned
+from harness.mlflow_store import get_client, set_tags
 from harness.resilience import infrastructure, reason
 from harness.runner import run_tracked
 from harness.sweep import grid, optuna_private, recovery, workers
@@ -25,7 +26,7 @@ from harness.sweep.counting import INTERRUPTED, SURPLUS, Surplus, is_surplus
 from harness.sweep.sizes import matched
 from harness.sweep.space import suggest
 from harness.tasks import Task
-from harness.tracking import MlflowRun, SeedGroupRun, get_client, run_name, set_tags
+from harness.tracking import MlflowRun, SeedGroupRun, run_name
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
-from harness.tracking import find_runs, set_tags
+from harness.mlflow_store import find_runs, set_tags
 
 
 def tag_pareto(client, exp_id: str, study: optuna.Study) -> list[FrozenTrial]:

@@ -16,9 +16,9 @@ import optuna
 from mlflow.utils import get_results_from_paginated_fn
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.mlflow_store import get_client, set_tags
 from harness.sweep import optuna_private, workers
 from harness.sweep.counting import INTERRUPTED, MAX_RETRY, retries_spent
-from harness.tracking import get_client, set_tags
 
 # Optuna 5 renamed the callback; the old name still works there, with a warning.
 RETRY = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
