@@ -47,8 +47,10 @@ def learning_curve(history: list[dict[str, float]], metric: str, best_epoch: int
 def write_artifacts(
     client: MlflowClient, run_id: str, exp: Experiment, *, metric: str, history: list[dict[str, float]],
     best_epoch: int, flow: GradFlow | None, model: torch.nn.Module | None, test_per_example: list[float] = (),
+    plots: bool = True,
 ) -> None:
-    """The run's files, each as its `[tracking]` setting asks; `model` None: no checkpoint."""
+    """The run's files, each as its `[tracking]` setting asks; `model` None: no checkpoint;
+    `plots` False: no PNGs (a search's trials: drawing them cost more than the rest together)."""
     cfg = exp.tracking
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -57,10 +59,10 @@ def write_artifacts(
             if settings["sweep"].get("storage"):  # a database password never reaches MLflow
                 settings["sweep"]["storage"] = masked(settings["sweep"]["storage"])
             (folder / "settings.json").write_text(json.dumps(settings, indent=2))
-        if cfg.learning_curve and history:
+        if cfg.learning_curve and history and plots:
             learning_curve(history, metric, best_epoch, folder / "learning_curve.png")
         if flow is not None:  # measured only when `tracking.gradflow` is on
-            write_gradflow(flow, folder)
+            write_gradflow(flow, folder, plot=plots)
         if cfg.checkpoint and model is not None:
             # load with torch.load(path, weights_only=True): plain tensors only, no pickled code
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "checkpoint.pt")
@@ -70,9 +72,9 @@ def write_artifacts(
             client.log_artifacts(run_id, tmp)
 
 
-def write_gradflow(flow: GradFlow, folder: Path) -> list[Path]:
-    """gradflow.csv (direction, quantity, t1 … tT; an input read once fills t1 only) and
-    gradflow.png (the profiles on a log scale, one panel per direction and one for the input)."""
+def write_gradflow(flow: GradFlow, folder: Path, plot: bool = True) -> list[Path]:
+    """gradflow.csv (direction, quantity, t1 … tT; an input read once fills t1 only) and, with
+    `plot`, gradflow.png (the profiles on a log scale, one panel per direction and one for the input)."""
     folder = Path(folder)
     steps = max(len(p) for *_, p in flow.rows())
     csv_path = folder / "gradflow.csv"
@@ -81,7 +83,7 @@ def write_gradflow(flow: GradFlow, folder: Path) -> list[Path]:
         w.writerow(["direction", "quantity", *(f"t{t}" for t in range(1, steps + 1))])
         for direction, quantity, profile in flow.rows():
             w.writerow([direction, quantity, *(f"{v:.6g}" for v in profile), *[""] * (steps - len(profile))])
-    return [csv_path, plot_gradflow(flow, folder / "gradflow.png")]
+    return [csv_path, plot_gradflow(flow, folder / "gradflow.png")] if plot else [csv_path]
 
 
 def plot_gradflow(flow: GradFlow, path: Path) -> Path:

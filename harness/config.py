@@ -117,6 +117,10 @@ class TrackingSettings(_Section):
     mlflow_model: Literal["best", "all"] | bool = "best"
     settings_file: bool = True  # the resolved experiment as settings.json
     learning_curve: bool = True  # learning_curve.png
+    # Which runs draw their PNGs (learning_curve.png, gradflow.png): the ones people open, final
+    # runs and `harness run` ("finals"); every run, a search's trials and seeds too ("all"); none
+    # (false). The curves are the runs' metrics either way, and gradflow.csv is always written.
+    plots: Literal["finals", "all"] | bool = "finals"
     # Gradient flow through time at the chosen checkpoint: gradflow_* metrics, gradflow.csv/.png
     gradflow: bool = True
     test_per_example: bool = True  # each test example's metric as test_per_example.npy (the report's bootstrap)

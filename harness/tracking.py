@@ -25,10 +25,10 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
 - metrics: per epoch (step = epoch), gradient statistics (step = optimiser step), final ones
   (step 0: the test split, speeds, the chosen checkpoint's `gradflow_rate[_bwd][_iqr]`), and
   MLflow's own `system/*` metrics;
-- artifacts: settings.json, learning_curve.png, gradflow.csv/.png (the chosen checkpoint's
-  gradient flow, harness.gradflow), checkpoint.pt, test_per_example.npy (each test example's
-  metric, float32, in test-split order); for runs and final runs, the chosen model as an MLflow
-  model (harness.logged_model).
+- artifacts: settings.json, gradflow.csv (the chosen checkpoint's gradient flow,
+  harness.gradflow), checkpoint.pt, test_per_example.npy (each test example's metric, float32, in
+  test-split order); for runs and final runs, learning_curve.png and gradflow.png
+  (`tracking.plots`) and the chosen model as an MLflow model (harness.logged_model).
 
 Metrics are buffered and written in one batch at most every `FLUSH_S` seconds and when the run
 ends, never per optimiser step.
@@ -245,9 +245,11 @@ class MlflowRun(Callback):
         if self.buffer is not None:
             self.buffer.flush(force=True)
         t0 = time.perf_counter()
+        plots = self.exp.tracking.plots
+        plots = plots is True or plots == "all" or (plots == "finals" and self.tags.get("harness.role") in ("final", "run"))
         write_artifacts(self.client, self.run_id, self.exp, metric=result.metric, history=result.history,
                         best_epoch=result.best_epoch if model is not None else 0, flow=result.gradflow, model=model,
-                        test_per_example=result.test_per_example if model is not None else ())
+                        test_per_example=result.test_per_example if model is not None else (), plots=plots)
         times = {"time_artifacts_s": time.perf_counter() - t0}
         if self.mlflow_model and model is not None:
             t0 = time.perf_counter()

@@ -427,6 +427,17 @@ def test_unknown_name_lists_close_matches():
         ("lstm", {"activation": "relu"}, "activation"),
         ("mlp", {"bidirectional": True}, "bidirectional"),
         ("seed-lstm", {"num_layers": 3}, "num_layers"),
+        ("indrnn", {"magnitude": 0.5}, "magnitude"),
+        ("indrnn", {"hidden_size": -1}, "hidden_size"),
+        ("ornn", {"activation": "relu"}, "activation"),
+        ("lru", {"r_min": 0.99, "r_max": 0.9}, "r_min"),
+        ("lru", {"max_phase": 7.0}, "max_phase"),
+        ("lru", {"state_size": 0}, "state_size"),
+        ("mingru", {"scan": "fast"}, "scan"),
+        ("minlstm", {"dropout": 2.0}, "dropout"),
+        ("mamba", {"expand": 0}, "expand"),
+        ("mamba", {"chunk": 1.5}, "chunk"),
+        ("mamba", {"bidirectional": "no"}, "bidirectional"),
     ],
 )
 def test_bad_overrides_fail_with_one_line_naming_the_field(name, overrides, field):

@@ -307,3 +307,15 @@ def test_a_run_sharing_the_cores_is_tagged_contended_and_alone_it_is_not(workdir
     assert shared_run.data.metrics["train_samples_per_s"] == pytest.approx(statistics.median(rates), rel=1e-9)
     assert alone_run.data.tags["harness.contended"] == "false" and not alone.contended
     assert max(shares[1][1:]) >= 0.8, shares
+
+
+@pytest.mark.parametrize(("plots", "role", "drawn"), [("finals", "trial", False), ("finals", "final", True),
+                                                      ("all", "seed", True), (False, "run", False)])
+def test_the_pngs_are_drawn_for_the_runs_people_open(workdir, plots, role, drawn):
+    exp = experiment(task={"n_train": 128}, train={"epochs": 1}, tracking={"plots": plots, "system_metrics": False})
+    client = get_client()
+    _, run_id = tracked(client, experiment_id(client, exp.name), exp, "r", {"harness.role": role})
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert "gradflow.csv" in names and "settings.json" in names  # written for every run
+    pngs = {"learning_curve.png", "gradflow.png"} & names
+    assert pngs == ({"learning_curve.png", "gradflow.png"} if drawn else set())
