@@ -86,8 +86,16 @@ def takes_hidden(model: nn.Module) -> bool:
 
 
 def fixed_batch(task) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `BATCH` validation examples of a task (all of them when fewer)."""
-    return task.x_val[:BATCH], task.y_val[:BATCH]
+    """The first `BATCH` validation examples of a task (all of them when fewer). Sequences of
+    different lengths: the first `BATCH` of the most common length, cut to it, so that every
+    profile has one step t per position and no padding."""
+    lengths = task.lengths("val")
+    if lengths is None:
+        return task.x_val[:BATCH], task.y_val[:BATCH]
+    common = int(torch.mode(lengths).values)
+    pick = torch.nonzero(lengths == common).flatten()[:BATCH]
+    y = task.y_val[pick]
+    return task.x_val[pick, :common], (y[:, :common] if y.dim() > 1 and y.shape[1] == task.x_val.shape[1] else y)
 
 
 def log_rates(norms: np.ndarray, reverse: bool = False) -> np.ndarray:

@@ -64,7 +64,7 @@ def log_model(client: MlflowClient, run_id: str, model: torch.nn.Module, task: T
             client.delete_logged_model(model_id)  # a run's `model` is the one that was logged
             raise
 
-    if (task.seq_len or 1) > EXPORT_MAX_STEPS:
+    if (task.seq_len or 1) > EXPORT_MAX_STEPS or task.variable_length:  # (padded input: its lengths a keyword)
         # MLflow warns on every pickled save; harness chose it, and docs/run-metrics.md says why
         mlflow_log = logging.getLogger("mlflow.pytorch")
         level = mlflow_log.level

@@ -6,6 +6,7 @@ Imports neither Optuna nor MLflow."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,18 @@ def build(exp: Experiment, task: Task | None = None) -> tuple[Task, nn.Module]:
         exp.model.arch, input_size=task.input_size, output_size=task.output_size,
         io=task.io, seq_len=task.seq_len, **exp.model.overrides(),
     )
+    if task.variable_length and not takes_lengths(model):
+        raise HarnessError(f"model.arch: {exp.model.arch}'s forward takes no `lengths`, and the task's sequences differ in "
+                           "length; give its forward(x, lengths=None) (see harness.archs) or pad the task's sequences to one length")
     return task, model
+
+
+def takes_lengths(model: nn.Module) -> bool:
+    """Whether `model(x, lengths=...)` reads sequences of different lengths (see harness.archs)."""
+    try:
+        return "lengths" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def registry_facts(exp: Experiment, task: Task) -> dict[str, Any]:

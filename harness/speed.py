@@ -67,17 +67,18 @@ def peak_memory_mb(device: torch.device) -> float:
 @torch.no_grad()
 def inference_latency(
     model: nn.Module, x: torch.Tensor, device: torch.device, *, warmup: int = 3, repeats: int = 20,
-    precision: str = "fp32",
+    precision: str = "fp32", lengths: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Latency of one forward pass over the batch `x` in eval mode, after warm-up: the median
     and 95th percentile of `repeats` single timed calls (torch.utils.benchmark waits for the
     device and keeps this process's thread count)."""
     model.eval()
     x = x.to(device)
+    kw = {} if lengths is None else {"lengths": lengths.to(device)}
 
     def forward() -> None:
         with autocast(device, precision):
-            model(x)
+            model(x, **kw)
 
     timer = _timer("forward()", {"forward": forward})
     timer.timeit(warmup)
@@ -98,18 +99,19 @@ def _timer(stmt: str, globals: dict):
 
 
 def step_ms(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-            *, warmup: int = 3, repeats: int = 9, precision: str = "fp32") -> float:
+            *, warmup: int = 3, repeats: int = 9, precision: str = "fp32", lengths: torch.Tensor | None = None) -> float:
     """Median time (ms) of one training step's forward and backward over the batch (`x`, `y`) in
     train mode, after `warmup` steps, over `repeats` single timed steps with the process's torch
     threads. The weights are left alone (no optimiser step); their gradients are cleared after."""
     x, y = x.to(device), y.to(device)
+    kw = {} if lengths is None else {"lengths": lengths.to(device)}
     was_training = model.training
     model.train()
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            out = model(x)
+            out = model(x, **kw)
         loss_fn(out.float(), y).backward()
 
     timer = _timer("step()", {"step": step})

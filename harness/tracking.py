@@ -9,6 +9,7 @@ What a trial's run holds (docs/run-metrics.md lists every key, unit and meaning)
   resolved), `n_params`, `flops_per_sample`, `kernel` (the recurrent layers' kernel path,
   harness.kernels), `trial_number`, and what the registries say of the run: `arch_family`,
   `arch_bidirectional`, `task_io`, `task_metric`, `task_metric_scale`, `task_metric_margin`,
+  (sequences of different lengths) `task_length_min` / `_median` / `_max`,
   `task_metric_direction`;
 - the experiment: tagged as model training (`mlflow.experimentKind`, not a GenAI app) and
   described by the experiment file's `description` (`mlflow.note.content`);
@@ -128,6 +129,10 @@ def run_params(exp: Experiment, start: FitStart) -> dict[str, Any]:
     if exp.sweep.match_params:  # model.hidden_size was chosen to bring n_params near it
         params["match_params"] = exp.sweep.match_params
     params["task_metric_baseline"] = task.metric_baseline  # its test metric: a model here learned nothing
+    if task.variable_length:  # sequences of different lengths: how different
+        lengths = torch.cat([task.lengths(w) for w in ("train", "val", "test")]).float()
+        params |= {"task_length_min": int(lengths.min()), "task_length_median": float(lengths.median()),
+                   "task_length_max": int(lengths.max())}
     return params
 
 

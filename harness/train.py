@@ -75,18 +75,46 @@ def _evaluate(model: nn.Module, task: Task, which: str, device: torch.device, ba
     equally, so their mean is the metric)."""
     model.eval()
     x, y = task.split(which)
+    lengths = task.lengths(which)
     loss = metric = 0.0
     values = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        lb = None if lengths is None else lengths[i : i + batch_size].to(device)
+        xb, yb = cut(task, xb, yb, lb)
         with autocast(device, precision):
-            out = model(xb)
+            out = call(model, xb, lb)
         out, n = out.float(), len(xb)
         loss += task.loss_fn(out, yb).item() * n
         metric += task.metric_fn(out, yb).item() * n
         if each:
             values += [task.metric_fn(out[j : j + 1], yb[j : j + 1]) for j in range(n)]
     return loss / len(x), metric / len(x), torch.stack(values).float().cpu().tolist() if values else []
+
+
+def call(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """The model's output for a batch, its sequences' `lengths` given when they differ."""
+    return model(x) if lengths is None else model(x, lengths=lengths)
+
+
+def cut(task: Task, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | None):
+    """A batch of padded sequences cut to its longest (a per-step target with it)."""
+    if lengths is None:
+        return x, y
+    steps = int(lengths.max())
+    return x[:, :steps], (y[:, :steps] if task.io in ("many-to-many", "one-to-many") else y)
+
+
+def buckets(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 50) -> list[torch.Tensor]:
+    """An epoch's batches of sequences of similar length: shuffled, sorted by length within pools
+    of `pool` batches, cut into batches, the batches shuffled (so little of each is padding)."""
+    order = torch.randperm(len(lengths), generator=gen)
+    batches = []
+    for i in range(0, len(order), pool * batch_size):
+        chunk = order[i : i + pool * batch_size]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=gen).tolist()]
 
 
 def fit(
@@ -126,8 +154,9 @@ def fit(
         # peak that peak_fraction divides by (measured once per worker while uncontended).
         batch = slice(0, cfg.batch_size)
         with _timed(result, "bench"):
-            figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, task.x_train[batch], task.y_train[batch], device,
-                                                     precision=cfg.precision)
+            lb = None if task.len_train is None else task.len_train[batch]
+            xb, yb = cut(task, task.x_train[batch], task.y_train[batch], lb)
+            figures["bench_step_ms"] = speed.step_ms(model, task.loss_fn, xb, yb, device, precision=cfg.precision, lengths=lb)
         t0 = time.perf_counter()
         # peak_cpu_share under 1 on a CPU: the peak shared its cores, so it reads low and peak_fraction high
         peak, figures["peak_cpu_share"], _ = speed.matmul_peak(device, DTYPES[cfg.precision])
@@ -177,6 +206,7 @@ def _grad_records(grad_stats: GradStats | None, callbacks: Sequence[Callback]) -
 def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.device, callbacks: Sequence[Callback],
            grad_stats: GradStats | None, result: TrialResult, gradflow: bool) -> None:
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
+    lengths = None if task.len_train is None else task.len_train.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
     check = FiniteCheck(device)
@@ -191,18 +221,22 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
         model.train()
         t0, cpu0 = time.perf_counter(), time.process_time()
         stats_time = stats_samples = 0  # the steps that recorded gradient statistics
-        order = torch.randperm(n, generator=gen).to(device)
+        if lengths is None:
+            order = torch.randperm(n, generator=gen).to(device)
+            batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        else:
+            batches = [b.to(device) for b in buckets(task.len_train, cfg.batch_size, gen)]
         total_loss = total_metric = torch.zeros((), device=device)
-        for i in range(0, n, cfg.batch_size):
+        for idx in batches:
             step += 1
-            idx = order[i : i + cfg.batch_size]
             timed = grad_stats is not None and grad_stats.due(step)
             if timed:  # what queued before it belongs to the plain steps
                 speed.sync(device)
                 ts = time.perf_counter()
-            xb, yb = x_train[idx], y_train[idx]
+            lb = None if lengths is None else lengths[idx]
+            xb, yb = cut(task, x_train[idx], y_train[idx], lb)
             with autocast(device, cfg.precision):
-                out = model(xb)
+                out = call(model, xb, lb)
             out = out.float()
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
@@ -274,5 +308,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
         result.test_loss, result.test_metric, result.test_per_example = _evaluate(
             model, task, "test", device, cfg.eval_batch_size, cfg.precision, each=True)
     with _timed(result, "latency"):
-        result.speed = speed.inference_latency(model, task.x_test[: cfg.batch_size], device, precision=cfg.precision)
+        lb = None if task.len_test is None else task.len_test[: cfg.batch_size]
+        xb, _ = cut(task, task.x_test[: cfg.batch_size], task.y_test[: cfg.batch_size], lb)
+        result.speed = speed.inference_latency(model, xb, device, precision=cfg.precision, lengths=lb)
     result.speed["peak_memory_mb"] = speed.peak_memory_mb(device)

@@ -146,6 +146,28 @@ def test_the_states_get_gradients_through_time_in_many_to_one(name):
         assert all(g.abs().sum() > 0 for g in torch.autograd.grad(y.sum(), cs))
 
 
+@pytest.mark.parametrize("io", ["many-to-one", "many-to-many"])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_padded_batch_gives_each_sequence_what_it_gives_alone(name, io):
+    """Sequences of different lengths, zero-padded in one batch: each one's output is its output
+    alone, both directions of a bidirectional model included (the backward one starts at the
+    sequence's own end), many-to-one from its last real step."""
+    lengths = torch.tensor([T, 3, 1, 4])
+    variants = [{}, {"bidirectional": True}] if "bidirectional" in (archs.model_options(get_model_fn(name)) or []) else [{}]
+    for options in variants:
+        model = build(name, io, **options).double().eval()
+        x = batch("many-to-one").double()
+        for b, n in enumerate(lengths):
+            x[b, n:] = 0
+        with torch.no_grad():
+            padded = model(x, lengths=lengths)
+            for b, n in enumerate(lengths.tolist()):
+                alone = model(x[b : b + 1, :n]) if name != "mlp" else model(x[b : b + 1], lengths=lengths[b : b + 1])
+                got = padded[b : b + 1, :n] if io == "many-to-many" else padded[b : b + 1]
+                torch.testing.assert_close(got, alone[:, :n] if io == "many-to-many" else alone, rtol=1e-9, atol=1e-10,
+                                           msg=lambda m, b=b, o=options: f"sequence {b} {o}: {m}")
+
+
 def _fused(kind: str, **kw) -> nn.RNNBase:
     if kind in ("tanh", "relu"):
         return nn.RNN(D_IN, H, nonlinearity=kind, **kw)

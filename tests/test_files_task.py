@@ -89,6 +89,52 @@ def test_the_table_can_carry_its_own_train_and_test_split(tmp_path):
     assert len(task.x_test) == 5 and len(task.x_train) + len(task.x_val) == 15
 
 
+def test_sequences_of_different_lengths_are_padded_and_carry_their_lengths(tmp_path):
+    df = series(n=30)
+    df = df[(df["t"] < 2 + df["sid"].str[1:].astype(int) % 5)]  # 2 to 6 steps
+    df["label"] = np.where(df["t"] % 2 == 0, "even", "odd")  # a label per step
+    df.to_csv(tmp_path / "s.csv", index=False)
+    task = load_task("files", path=str(tmp_path / "s.csv"), id_column="sid", time_column="t")
+    assert task.variable_length and task.io == "many-to-many" and task.seq_len == 6
+    for x, y, n in zip(task.x_train, task.y_train, task.len_train, strict=True):
+        assert not x[n:].any() and (y[n:] == -100).all() and (y[:n] >= 0).all()
+    assert sorted(torch.cat([task.len_train, task.len_val, task.len_test]).tolist()) == sorted([2, 3, 4, 5, 6] * 6)
+    df["label"] = df["a"] * 1.5  # values per step: NaN where a sequence has ended
+    df.to_csv(tmp_path / "v.csv", index=False)
+    values = load_task("files", path=str(tmp_path / "v.csv"), id_column="sid", time_column="t")
+    n = int(values.len_train[0])
+    assert values.loss == "mse" and torch.isnan(values.y_train[0, n:]).all() and not torch.isnan(values.y_train[0, :n]).any()
+
+
+def test_a_files_experiment_of_different_lengths_trains_end_to_end(tmp_path, workdir):
+    df = series(n=60)
+    df = df[(df["t"] < 3 + df["sid"].str[1:].astype(int) % 4)]
+    df.to_csv(workdir / "series.csv", index=False)
+    (workdir / "var.toml").write_text(
+        'name = "var"\n[task]\nname = "files"\npath = "series.csv"\nid_column = "sid"\ntime_column = "t"\n'
+        '[model]\narch = "bigru"\nhidden_size = 8\n[train]\nepochs = 2\nlr = 0.02\nbatch_size = 8\n'
+        '[tracking]\nmlflow_model = true\n')
+    assert main(["run", "var.toml"]) == 0
+
+
+def test_a_model_that_cannot_read_lengths_is_refused_for_sequences_of_different_lengths(tmp_path, workdir):
+    df = series(n=20)
+    df = df[(df["t"] < 3 + df["sid"].str[1:].astype(int) % 3)]
+    df.to_csv(workdir / "series.csv", index=False)
+    (workdir / "fixed.py").write_text(
+        "from torch import nn\n"
+        "class Last(nn.Module):\n"
+        "    def __init__(self, i, o):\n        super().__init__(); self.gru, self.head = nn.GRU(i, 8, batch_first=True), nn.Linear(8, o)\n"
+        "    def forward(self, x):\n        return self.head(self.gru(x)[0][:, -1])\n"
+        "def last(*, input_size, output_size, io, seq_len=1):\n    return Last(input_size, output_size)\n")
+    (workdir / "p.toml").write_text('name = "p"\n[task]\nname = "files"\npath = "series.csv"\nid_column = "sid"\n'
+                                    'time_column = "t"\n[model]\narch = "fixed:last"\n')
+    with pytest.raises(HarnessError, match=r"^model\.arch: fixed:last's forward takes no `lengths`, and the task's sequences differ"):
+        from harness.config import load_experiment
+        from harness.runner import prepare
+        prepare(load_experiment(workdir / "p.toml"))
+
+
 def test_a_files_experiment_trains_end_to_end(tmp_path, workdir):
     series(n=60).to_csv(workdir / "series.csv", index=False)
     (workdir / "mine.toml").write_text(
@@ -114,7 +160,6 @@ def bad(tmp_path, df: pd.DataFrame, **options):
      r"^task: feature column 'b' is not numeric \('ten' in it\)"),
     (lambda df: df.assign(part=np.where((df["sid"] == "s002") & (df["t"] == 0), "test", "train")), {"split_column": "part"},
      r"^task\.split_column: sequence 's002' appears in both train and test"),
-    (lambda df: df[(df["sid"] != "s003") | (df["t"] < 4)], {}, r"^task\.path: the sequences have 4 to 6 steps"),
     (lambda df: df, {"time_column": "when"}, r"^task\.time_column: column 'when' is not in the file"),
     (lambda df: pd.concat([df, df.iloc[:1]]), {}, r"^task\.time_column: sequence 's\d+' has two rows at t = \d+$"),
     (lambda df: df, {"target": "value"}, r"^task\.target: label 'label' holds text"),
@@ -172,5 +217,12 @@ def test_archive_sets_keep_their_own_test_split_and_carve_validation_from_train(
 def test_an_archive_set_aeon_cannot_load_offline_is_one_line():
     with pytest.raises(HarnessError, match=r"^task\.dataset: aeon could not load 'NoSuchSet'.*offline, the sets in aeon's wheel"):
         load_task("ucr", dataset="NoSuchSet")
-    with pytest.raises(HarnessError, match=r"^task\.dataset: JapaneseVowels's series have 7 to 29 steps"):
-        load_task("ucr", dataset="JapaneseVowels")
+
+
+def test_japanese_vowels_series_of_different_lengths_are_padded_with_their_lengths():
+    task = load_task("ucr", dataset="JapaneseVowels")
+    assert task.variable_length and (task.input_size, task.output_size) == (12, 9) and len(task.x_test) == 370
+    lengths = torch.cat([task.len_train, task.len_val, task.len_test])
+    assert int(lengths.min()) == 7 and int(lengths.max()) == 29 == task.seq_len
+    for x, n in zip(task.x_train, task.len_train, strict=True):  # zero after each series' end, not before
+        assert not x[n:].any() and x[n - 1].any()

@@ -22,7 +22,11 @@ LSTMs, each (B, H) and on the autograd path, so `torch.autograd.grad(loss, state
 full ∂L/∂h_t (∂L/∂c_t) through time, not only the direct part the fused kernels expose. A
 plug-in may give a bare tensor h_t for `states[d][t]`; the MLP has no time steps: `states == []`.
 harness.gradflow measures gradient flow through it; without `return_hidden` nothing changes:
-the fused kernels run as usual. Models may define
+the fused kernels run as usual. Built-in models also accept `forward(x, lengths=L)` for a batch
+of zero-padded sequences of different lengths (`L`: each one's real steps): the output of each
+sequence is what it would be alone (many-to-one reads its last real step; a backward direction
+starts at its own end); per-step outputs at padded steps are left for the loss to skip. A task
+whose sequences differ in length needs a model that takes `lengths`. Models may define
 `flops(seq_len) -> int`, the analytic forward FLOPs per sample (matmuls: 2·G·H·(I+H) per step,
 direction and layer, G = 1 / 3 / 4 for RNN / GRU / LSTM, plus heads; training ≈ 3× forward).
 

@@ -47,6 +47,24 @@ def time_steps(n: int, reverse: bool) -> range:
     return range(n - 1, -1, -1) if reverse else range(n)
 
 
+def reverse_within(x: torch.Tensor, lengths: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Each sequence reversed within its own length, the padding after it left in place: step t of
+    sequence b becomes step L_b − 1 − t (t < L_b). Applied twice, it is the identity. Along `dim`
+    (1: batch first; 0: time-major), the batch on the other of the first two dims."""
+    steps = x.shape[dim]
+    t = torch.arange(steps, device=x.device)
+    lengths = lengths.to(x.device)
+    index = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, T)
+    if dim == 0:
+        index = index.t()
+    return x.gather(dim, index.view(*index.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+
+def device_of(input) -> torch.device:
+    """The device of a tensor or of a PackedSequence's data."""
+    return input.data.device if isinstance(input, nn.utils.rnn.PackedSequence) else input.device
+
+
 # On a CPU, a gradient vanishing through time passes through subnormal floats, which cost x86
 # cores up to ~100× per operation (a 64×128·128×128 matmul: 16 µs → 2.4 ms), so a many-to-one
 # sigmoid RNN of 100 steps ran 5× slower than nn.RNN. Once the carried gradient is below
@@ -147,10 +165,13 @@ def runs_harness(kernel: str, device: torch.device) -> bool:
 Direction = Callable[[torch.Tensor, torch.Tensor, list, bool], torch.Tensor]
 
 
-def scan_layers(rnn: nn.RNNBase, input: torch.Tensor, hx: torch.Tensor | None, direction: Direction):  # noqa: A002
+def scan_layers(rnn: nn.RNNBase, input: torch.Tensor, hx: torch.Tensor | None, direction: Direction,  # noqa: A002
+                lengths: torch.Tensor | None = None):
     """`nn.RNN`/`nn.GRU`'s forward (batch first or not, batched or not, stacked, bidirectional,
     dropout between layers) with each layer and direction computed by
-    `direction(x, h0, [w_ih, w_hh, b_ih, b_hh], reverse)` → its states (T, B, H), time-major."""
+    `direction(x, h0, [w_ih, w_hh, b_ih, b_hh], reverse)` → its states (T, B, H), time-major.
+    With `lengths` (zero-padded sequences of different lengths), the backward direction reads each
+    sequence from its own last step: it runs forward over the sequence reversed within its length."""
     batched = input.dim() == 3
     x = (input.transpose(0, 1) if rnn.batch_first else input) if batched else input.unsqueeze(1)
     dirs = 2 if rnn.bidirectional else 1
@@ -164,7 +185,12 @@ def scan_layers(rnn: nn.RNNBase, input: torch.Tensor, hx: torch.Tensor | None, d
             x = F.dropout(x, rnn.dropout, rnn.training)
         outs = []
         for d in range(dirs):
-            outs.append(direction(x, hx[layer * dirs + d], weights_of(rnn, layer, bool(d)), bool(d)))
+            if d and lengths is not None:
+                out = reverse_within(direction(reverse_within(x, lengths, 0), hx[layer * dirs + d],
+                                               weights_of(rnn, layer, True), False), lengths, 0)
+            else:
+                out = direction(x, hx[layer * dirs + d], weights_of(rnn, layer, bool(d)), bool(d))
+            outs.append(out)
             finals.append(outs[-1][0] if d else outs[-1][-1])
         x = outs[0] if dirs == 1 else torch.cat(outs, -1)
     h_n = torch.stack(finals)
@@ -193,8 +219,10 @@ class ElmanRNN(nn.RNN):
     def runs_harness(self, device: torch.device) -> bool:
         return self.nonlinearity == "sigmoid" or runs_harness(self.kernel, device)
 
-    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None):  # noqa: A002 - nn.RNN's names
-        if not self.runs_harness(input.device):
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None,  # noqa: A002 - nn.RNN's names
+                lengths: torch.Tensor | None = None):
+        """`nn.RNN`'s forward; `lengths` (harness's scan only): see `scan_layers`."""
+        if not self.runs_harness(device_of(input)):
             return super().forward(input, hx)
 
         # torch.export (the sigmoid RNN, which has no torch kernel): the plain recurrence
@@ -205,4 +233,4 @@ class ElmanRNN(nn.RNN):
             pre = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
             return scan(pre, h0, w_hh, self.nonlinearity, reverse)
 
-        return scan_layers(self, input, hx, direction)
+        return scan_layers(self, input, hx, direction, lengths)

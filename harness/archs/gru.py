@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from harness.archs.elman import KERNELS, runs_harness, scan_layers, time_steps
+from harness.archs.elman import KERNELS, device_of, runs_harness, scan_layers, time_steps
 
 
 class _GRUScan(torch.autograd.Function):
@@ -97,12 +97,14 @@ class GRU(nn.GRU):
     def runs_harness(self, device: torch.device) -> bool:
         return runs_harness(self.kernel, device)
 
-    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None):  # noqa: A002 - nn.GRU's names
-        if not self.runs_harness(input.device):
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None,  # noqa: A002 - nn.GRU's names
+                lengths: torch.Tensor | None = None):
+        """`nn.GRU`'s forward; `lengths` (harness's scan only): see `scan_layers`."""
+        if not self.runs_harness(device_of(input)):
             return super().forward(input, hx)
 
         def direction(x, h0, w, reverse):
             w_ih, w_hh, b_ih, b_hh = w
             return gru_scan(F.linear(x, w_ih, b_ih), h0, w_hh, b_hh, reverse)
 
-        return scan_layers(self, input, hx, direction)
+        return scan_layers(self, input, hx, direction, lengths)

@@ -27,10 +27,15 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, output_size * steps_out))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+    def forward(self, x: torch.Tensor, return_hidden: bool = False, lengths: torch.Tensor | None = None):  # noqa: ARG002
+        # Sequences of different lengths: it reads the zero-padded sequence, padded to seq_len
+        # (a batch may come cut to its longest), as the fixed-width input it is.
+        steps = x.shape[1] if x.dim() == 3 else None
+        if steps is not None and steps < self.seq_len:
+            x = torch.nn.functional.pad(x, (0, 0, 0, self.seq_len - steps))
         y = self.net(x)
         if self.io in PER_STEP:
-            y = y.view(x.shape[0], self.seq_len, self.output_size)
+            y = y.view(x.shape[0], self.seq_len, self.output_size)[:, : steps or self.seq_len]
         return (y, []) if return_hidden else y  # no time steps, so no states to measure
 
     def flops(self, seq_len: int) -> int:  # noqa: ARG002 - every width is fixed at construction

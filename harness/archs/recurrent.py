@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import IO_KINDS, check, register_model
-from harness.archs.elman import ACTIVATIONS, KERNELS, ElmanRNN, elman_scan, time_steps, weights_of
+from harness.archs.elman import ACTIVATIONS, KERNELS, ElmanRNN, elman_scan, reverse_within, time_steps, weights_of
 from harness.archs.gru import GRU, gru_scan
 
-__all__ = ["ACTIVATIONS", "GRU", "ElmanRNN", "elman_scan", "gru_scan"]  # re-exported: the family's one import
+__all__ = ["ACTIVATIONS", "GRU", "ElmanRNN", "elman_scan", "gru_scan", "reverse_within"]  # re-exported: the family's one import
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_SIGMOID": 1, "GRU": 3, "LSTM": 4}
 PER_STEP = ("many-to-many", "one-to-many")
@@ -97,11 +97,27 @@ def as_sequence(x: torch.Tensor, io: str, seq_len: int) -> torch.Tensor:
     return x
 
 
-def last_state(out: torch.Tensor, hidden_size: int, bidirectional: bool) -> torch.Tensor:
-    """Final state of each direction: forward h_T, joined with backward h_1 if bidirectional."""
+def last_state(out: torch.Tensor, hidden_size: int, bidirectional: bool,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Final state of each direction: forward h_T (h_{L_b}, each sequence's last real step, with
+    `lengths`), joined with backward h_1 if bidirectional."""
+    last = out[:, -1] if lengths is None else out[torch.arange(len(out), device=out.device), lengths.to(out.device) - 1]
     if not bidirectional:
-        return out[:, -1]
-    return torch.cat([out[:, -1, :hidden_size], out[:, 0, hidden_size:]], -1)
+        return last
+    return torch.cat([last[:, :hidden_size], out[:, 0, hidden_size:]], -1)
+
+
+def run_padded(rnn: nn.RNNBase, seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """`rnn(seq)[0]` over zero-padded sequences of different `lengths`. One direction reads forward
+    and its padding comes after every real step, so nothing changes; a backward direction must
+    start at each sequence's own last step: harness's scans reverse each sequence within its
+    length, torch's kernels read a packed sequence."""
+    if lengths is None or not rnn.bidirectional:
+        return rnn(seq)[0]
+    if getattr(rnn, "runs_harness", lambda _: False)(seq.device):
+        return rnn(seq, lengths=lengths)[0]
+    packed = nn.utils.rnn.pack_padded_sequence(seq, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    return nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=seq.shape[1])[0]
 
 
 def recurrent_flops(rnn: nn.RNNBase, input_size: int, seq_len: int) -> int:
@@ -128,16 +144,16 @@ class RecurrentNet(nn.Module):
         self.rnn, self.io, self.seq_len = rnn, io, seq_len
         self.head = nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), output_size)
 
-    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+    def forward(self, x: torch.Tensor, return_hidden: bool = False, lengths: torch.Tensor | None = None):
         seq = as_sequence(x, self.io, self.seq_len)
         if return_hidden:
             out, hidden = unroll(self.rnn, seq)
         else:
-            out = self.rnn(seq)[0]
+            out = run_padded(self.rnn, seq, lengths)
         if self.io in PER_STEP:
             y = self.head(out)
         else:
-            y = self.head(last_state(out, self.rnn.hidden_size, self.rnn.bidirectional))
+            y = self.head(last_state(out, self.rnn.hidden_size, self.rnn.bidirectional, lengths))
         return (y, hidden) if return_hidden else y
 
     def flops(self, seq_len: int) -> int:

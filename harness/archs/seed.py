@@ -18,6 +18,7 @@ from harness.archs.recurrent import (
     check_dropout,
     head_flops,
     keras_init,
+    last_state,
     recurrent_flops,
     unroll,
 )
@@ -34,13 +35,14 @@ class SeedLSTM(nn.Module):
             nn.Linear(hidden_size, dense_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dense_size, output_size)
         )
 
-    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+    def forward(self, x: torch.Tensor, return_hidden: bool = False, lengths: torch.Tensor | None = None):
         mid = self.drop(self.lstm1(as_sequence(x, self.io, self.seq_len))[0])
         if return_hidden:
             out, hidden = unroll(self.lstm2, mid)
         else:
             out = self.lstm2(mid)[0]
-        y = self.head(out if self.io in PER_STEP else out[:, -1])
+        # one direction: padding after the real steps changes none of them; read the last real one
+        y = self.head(out if self.io in PER_STEP else last_state(out, self.lstm2.hidden_size, False, lengths))
         return (y, hidden) if return_hidden else y
 
     def flops(self, seq_len: int) -> int:

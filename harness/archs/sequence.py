@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import IO_KINDS, check
-from harness.archs.recurrent import PER_STEP, as_sequence, check_dropout, head_flops, last_state
+from harness.archs.recurrent import PER_STEP, as_sequence, check_dropout, head_flops, last_state, reverse_within
 
 SCANS = ("parallel", "loop")  # the `scan` option of the scan families: the loop is the reference
 
@@ -123,7 +123,10 @@ class Stack(nn.Module):
 class SequenceNet(nn.Module):
     """A family's stack per direction (the backward one reads the sequence reversed) and one
     linear head, wired for `io` as `RecurrentNet` is: many-to-one reads the forward direction's
-    last output joined with the backward direction's first; per-step heads read every step."""
+    last output joined with the backward direction's first; per-step heads read every step.
+    With `lengths` (zero-padded sequences), the forward direction is causal, so its padding
+    changes no real step, and many-to-one reads each sequence's last real step; the backward
+    direction reads each sequence reversed within its own length."""
 
     def __init__(self, stacks: list[Stack], *, io: str, output_size: int, seq_len: int, width: int):
         super().__init__()
@@ -134,19 +137,23 @@ class SequenceNet(nn.Module):
     def bidirectional(self) -> bool:
         return len(self.stacks) == 2
 
-    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+    def forward(self, x: torch.Tensor, return_hidden: bool = False, lengths: torch.Tensor | None = None):
         seq = as_sequence(x, self.io, self.seq_len)
+
+        def reverse(t: torch.Tensor) -> torch.Tensor:
+            return t.flip(1) if lengths is None else reverse_within(t, lengths)
+
         outs, hidden = [], []
         for d, stack in enumerate(self.stacks):
-            s = seq.flip(1) if d else seq
+            s = reverse(seq) if d else seq
             if return_hidden:
                 out, states = stack(s, return_states=True)
                 hidden.append([st if isinstance(st, tuple) else (st,) for st in (states[::-1] if d else states)])
             else:
                 out = stack(s)
-            outs.append(out.flip(1) if d else out)
+            outs.append(reverse(out) if d else out)
         out = torch.cat(outs, -1)
-        y = self.head(out) if self.io in PER_STEP else self.head(last_state(out, self.width, self.bidirectional))
+        y = self.head(out) if self.io in PER_STEP else self.head(last_state(out, self.width, self.bidirectional, lengths))
         return (y, hidden) if return_hidden else y
 
     def flops(self, seq_len: int) -> int:

@@ -280,6 +280,10 @@ def _write(s: studies.Study, out: Path, client) -> Path:
                             [k for k in counts.index if k not in ("complete", "pruned", "failed", "interrupted")])
     baseline = num(s.runs, "params.task_baseline").dropna()
     io = s.runs.iloc[0].get("params.task_io", "?")
+    shortest = num(s.runs, "params.task_length_min").dropna()
+    if not shortest.empty:  # sequences of different lengths
+        first = s.runs.iloc[0]
+        io += f"; sequences of {int(shortest.iloc[0])}–{first.get('params.task_length_max')} steps, median {first.get('params.task_length_median')}"
     answer = headline(s)
     with staged(out) as tmp:
         made = draw_plots(s, tmp, client, study)

@@ -48,6 +48,12 @@ class Task:
     loss: str = "cross_entropy"
     metric: str = "accuracy"
     baseline: float | None = None  # loss of the trivial predictor, where the task defines one
+    # Sequences of different lengths: each example's real number of steps, per split (None: every
+    # example has seq_len). x is zero-padded after its last real step; a per-step target is -100
+    # (classes) or NaN (values) there, which the losses and metrics skip.
+    len_train: torch.Tensor | None = None
+    len_val: torch.Tensor | None = None
+    len_test: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         metric_fn(self.metric)  # an unknown metric name fails here, naming the known ones
@@ -62,7 +68,7 @@ class Task:
         task's blank-free symbol accuracy). A model at this value learned nothing from its input."""
         fn, better = self.metric_fn, (max if self.maximize else min)
         if self.y_train.is_floating_point():
-            return float(fn(self.y_train.float().mean(0).expand_as(self.y_test), self.y_test))
+            return float(fn(self.y_train.float().nanmean(0).expand_as(self.y_test), self.y_test))
 
         def constant(c: int, y: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(torch.full(y.shape, c), self.output_size).float()
@@ -86,6 +92,14 @@ class Task:
     def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
 
+    def lengths(self, which: str) -> torch.Tensor | None:
+        """Each example's real number of steps in split `which`, or None when all have seq_len."""
+        return getattr(self, f"len_{which}")
+
+    @property
+    def variable_length(self) -> bool:
+        return self.len_train is not None
+
     def split_hashes(self) -> dict[str, str]:
         """Short content hash of each split, for logging which data a run saw (computed once per
         loaded task: a worker's runs share it, harness.runner)."""
@@ -96,8 +110,9 @@ class Task:
         out = {}
         for which in ("train", "val", "test"):
             h = hashlib.sha256()
-            for t in self.split(which):
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            for t in (*self.split(which), self.lengths(which)):
+                if t is not None:
+                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
             out[which] = h.hexdigest()[:12]
         return out
 
@@ -129,8 +144,9 @@ def positive_int(field: str, value, minimum: int = 1) -> int:
 
 
 def mean_baseline(y_train: torch.Tensor, y_val: torch.Tensor) -> float:
-    """MSE on validation of the predictor that ignores its input: the training targets' mean."""
-    return mse(y_train.float().mean(0).expand_as(y_val), y_val).item()
+    """MSE on validation of the predictor that ignores its input: the training targets' mean
+    (per step; NaN targets, the padding of shorter sequences, left out)."""
+    return mse(y_train.float().nanmean(0).expand_as(y_val), y_val).item()
 
 
 def list_tasks(pattern: str = "*") -> list[str]:
@@ -192,7 +208,8 @@ def shared_task(name: str, **options) -> Task:
 def _first(task: Task, n: int) -> Task:
     from dataclasses import replace
 
-    return replace(task, x_train=task.x_train[:n], y_train=task.y_train[:n])
+    lengths = None if task.len_train is None else task.len_train[:n]
+    return replace(task, x_train=task.x_train[:n], y_train=task.y_train[:n], len_train=lengths)
 
 
 # Register the built-in tasks: every module of this package, imported for its side effect.

@@ -9,6 +9,9 @@ label of integers, booleans or text is a class (`target = "auto"`; classes in so
 label of floats a value to regress (MSE). An `.npz` holds `x` (N × T × F, or N × T for one
 feature), `y` (N: a label per sequence, or N × T: per step).
 
+Sequences may differ in length: they are zero-padded after their last step and the task carries
+each one's length (`Task.len_*`), per-step targets padded with what the loss skips.
+
 Splits are made by sequence, never by row: the test split first (`test_size` with `test_seed`,
 or the table's own `split_column` with `train` / `test` values), stratified by class for
 many-to-one classification, then validation carved from the rest (`val_size` with `split_seed`,
@@ -184,6 +187,40 @@ def _split(n: int, labels, size, seed: int, field: str) -> tuple[np.ndarray, np.
     return np.setdiff1d(np.arange(n), held), held
 
 
+def pad(xs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, T, F) zero-padded after each sequence's last step, T the longest; each one's length,
+    or None when all have T."""
+    lengths = torch.tensor([len(s) for s in xs])
+    x = torch.zeros(len(xs), int(lengths.max()), xs[0].shape[1])
+    for i, s in enumerate(xs):
+        x[i, : len(s)] = torch.tensor(s)
+    return x, (None if bool((lengths == lengths[0]).all()) else lengths)
+
+
+def targets(labels: list, lengths: torch.Tensor | None, io: str, index: dict | None) -> torch.Tensor:
+    """Class indices (`index`) or float values, one per sequence or (many-to-many) one per step,
+    padded after each sequence's end with what the loss skips: -100 for classes, NaN for values."""
+    if io == "many-to-one":
+        if index is not None:
+            return torch.tensor([index[v] for v in labels], dtype=torch.long)
+        return torch.tensor(np.array(labels, dtype=np.float32))[:, None]
+    steps = max(len(v) for v in labels)
+    y = torch.full((len(labels), steps), -100 if index is not None else float("nan"),
+                   dtype=torch.long if index is not None else torch.float32)
+    for i, v in enumerate(labels):
+        y[i, : len(v)] = torch.tensor([index[c] for c in v] if index is not None else np.asarray(v, dtype=np.float32))
+    return y if index is not None else y.unsqueeze(-1)
+
+
+def standardise(x: torch.Tensor, lengths: torch.Tensor | None, train: np.ndarray) -> torch.Tensor:
+    """Each feature scaled by the training sequences' mean and standard deviation over their real
+    steps; padding stays 0."""
+    real = torch.ones(x.shape[:2], dtype=torch.bool) if lengths is None else torch.arange(x.shape[1]) < lengths[:, None]
+    steps = x[train][real[train]]  # (real steps of the training split, F)
+    mean, std = steps.mean(0), steps.std(0).clamp_min(1e-8)  # a constant feature stays 0, not NaN
+    return torch.where(real.unsqueeze(-1), (x - mean) / std, 0.0)
+
+
 @register_task
 def files(
     path: str = "", io: str = "auto", target: str = "auto", id_column: str = "id", time_column: str | None = None,
@@ -193,7 +230,7 @@ def files(
     """Your own sequences, many-to-one or many-to-many: a CSV / Parquet table (a row per step) or an .npz of arrays, classes or values.
 
     See the module doc (and docs/tasks.md) for the file layouts; `io` and `target` are inferred
-    from the label unless set. Sequences must all have the same number of steps.
+    from the label unless set. Sequences may differ in length (zero-padded, with their lengths).
     """
     if not path:
         _fail("task.path: name the file (a .csv, .parquet or .npz), e.g. task.path = 'data/series.csv'")
@@ -227,19 +264,9 @@ def files(
             df = df.drop(columns=[split_column])
         ids, xs, ys, _ = table_sequences(df, id_column=id_column, time_column=time_column,
                                          feature_columns=feature_columns, label_column=label_column)
-    lengths = sorted({len(s) for s in xs})
-    if len(lengths) > 1:
-        _fail(f"task.path: the sequences have {lengths[0]} to {lengths[-1]} steps; this harness reads sequences of one "
-              "length: pad or cut them to one length first")
     io, is_class, classes, labels = _labels(ys, ids, io, target, label_column if fmt != "npz" else "y")
-    index = {c: i for i, c in enumerate(classes)}
-    x = torch.from_numpy(np.stack(xs))
-    if is_class:
-        y = torch.tensor([[index[v] for v in lab] if io == "many-to-many" else index[lab] for lab in labels], dtype=torch.long)
-    else:
-        y = torch.tensor(np.array(labels, dtype=np.float32))
-        y = y if io == "many-to-many" else y[:, None]
-        y = y.unsqueeze(-1) if io == "many-to-many" else y
+    x, lengths = pad(xs)
+    y = targets(labels, lengths, io, {c: i for i, c in enumerate(classes)} if is_class else None)
     strata = y.numpy() if is_class and io == "many-to-one" else None
     if splits is not None:
         is_test = np.array([splits[i] == "test" for i in ids])
@@ -250,11 +277,11 @@ def files(
         rest, test = _split(len(x), strata, test_size, test_seed, "test_size")
     train_idx, val_idx = _split(len(rest), None if strata is None else strata[rest], val_size, split_seed, "val_size")
     train, val = rest[train_idx], rest[val_idx]
-    mean = x[train].mean((0, 1))
-    std = x[train].std((0, 1)).clamp_min(1e-8)  # a constant feature stays 0, not NaN
-    x = (x - mean) / std
-    parts = {f"x_{k}": x[i] for k, i in (("train", train), ("val", val), ("test", test))}
-    parts |= {f"y_{k}": y[i] for k, i in (("train", train), ("val", val), ("test", test))}
+    x = standardise(x, lengths, train)
+    which = (("train", train), ("val", val), ("test", test))
+    parts = {f"x_{k}": x[i] for k, i in which} | {f"y_{k}": y[i] for k, i in which}
+    if lengths is not None:
+        parts |= {f"len_{k}": lengths[i] for k, i in which}
     if is_class:
         baseline = answer_baseline(parts["y_train"], parts["y_val"], len(classes)) if io == "many-to-many" else None
         out = dict(output_size=len(classes), loss="cross_entropy", metric="accuracy", baseline=baseline)

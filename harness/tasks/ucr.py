@@ -5,8 +5,9 @@ name goes through `aeon.datasets.load_classification`, which downloads it.
 Each set keeps the archive's own train/test split (the test split is the archive's test set,
 measured once); validation is carved from the archive's train split (`val_size`, stratified by
 class, `split_seed`). Each channel is standardised with the training split's mean and standard
-deviation. aeon gives (N, channels, T): harness reads (N, T, channels), many-to-one, one class
-per series (classes in sorted order).
+deviation (over real steps). aeon gives (N, channels, T): harness reads (N, T, channels),
+many-to-one, one class per series (classes in sorted order); series of different lengths
+(JapaneseVowels) are zero-padded and carry their lengths.
 """
 
 from __future__ import annotations
@@ -52,25 +53,24 @@ def load_archive(dataset: str, split: str):
 def ucr(dataset: str = "GunPoint", val_size: float | int = 0.2, split_seed: int = 0) -> Task:
     """A UCR/UEA archive set, many-to-one: `dataset` (GunPoint: 150 steps × 1 → 2 classes), the archive's train/test split, via aeon.
 
-    Offline: ACSF1, ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, OSULeaf (fixed length)
-    from aeon's wheel; JapaneseVowels' series vary in length, which this harness does not read yet.
+    Offline: ACSF1, ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels (7–29
+    steps: zero-padded, with each series' length), OSULeaf, from aeon's wheel.
     """
-    from harness.tasks.files import _split  # the stratified split the files task makes
+    from harness.tasks.files import _split, pad, standardise  # the split and padding the files task makes
 
     x_train, y_train = load_archive(dataset, "train")
     x_test, y_test = load_archive(dataset, "test")
-    lengths = sorted({s.shape[-1] for s in (*x_train, *x_test)})
-    if len(lengths) > 1:
-        raise HarnessError(f"task.dataset: {dataset}'s series have {lengths[0]} to {lengths[-1]} steps; this harness reads "
-                           "series of one length")
     classes = sorted(set(y_train.tolist()) | set(y_test.tolist()))
     index = {c: i for i, c in enumerate(classes)}
-    x = torch.from_numpy(np.stack(x_train)).transpose(1, 2).contiguous()  # (N, T, channels)
-    xt = torch.from_numpy(np.stack(x_test)).transpose(1, 2).contiguous()
-    y = torch.tensor([index[c] for c in y_train.tolist()])
-    yt = torch.tensor([index[c] for c in y_test.tolist()])
-    train, val = _split(len(x), y.numpy(), val_size, split_seed, "val_size")
-    mean, std = x[train].mean((0, 1)), x[train].std((0, 1)).clamp_min(1e-8)
-    x, xt = (x - mean) / std, (xt - mean) / std
-    return Task(name="ucr", io="many-to-one", x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val],
-                x_test=xt, y_test=yt, input_size=x.shape[-1], output_size=len(classes), seq_len=x.shape[1])
+    # aeon gives (channels, T) per series: harness reads (T, channels), padded to the longest
+    x, lengths = pad([s.T for s in (*x_train, *x_test)])
+    y = torch.tensor([index[c] for c in (*y_train.tolist(), *y_test.tolist())])
+    n = len(x_train)
+    train, val = _split(n, y[:n].numpy(), val_size, split_seed, "val_size")
+    test = np.arange(n, len(x))
+    x = standardise(x, lengths, train)
+    which = (("train", train), ("val", val), ("test", test))
+    parts = {f"x_{k}": x[i] for k, i in which} | {f"y_{k}": y[i] for k, i in which}
+    if lengths is not None:
+        parts |= {f"len_{k}": lengths[i] for k, i in which}
+    return Task(name="ucr", io="many-to-one", **parts, input_size=x.shape[-1], output_size=len(classes), seq_len=x.shape[1])
