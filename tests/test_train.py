@@ -303,3 +303,16 @@ def test_a_precision_the_device_cannot_run_natively_is_refused(monkeypatch):
     with pytest.raises(HarnessError, match=r"^train\.precision: bf16 asked for, but this CPU has no native bf16"):
         check_precision("bf16", CPU)
     check_precision("fp32", CPU)
+
+
+def test_bucketed_batches_hold_every_sequence_once_and_similar_lengths_together():
+    from harness.train import buckets
+
+    lengths = torch.randint(1, 200, (1000,), generator=torch.Generator().manual_seed(0))
+    batches = buckets(lengths, 10, torch.Generator().manual_seed(1), pool=5)
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))  # an epoch: each sequence once
+    spread = statistics.median(float(lengths[b].max() - lengths[b].min()) for b in batches)
+    shuffled = statistics.median(float(lengths[i : i + 10].max() - lengths[i : i + 10].min()) for i in range(0, 1000, 10))
+    assert spread < shuffled / 4  # within a pool of 5 batches, sorted: little padding per batch
+    again = buckets(lengths, 10, torch.Generator().manual_seed(1), pool=5)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # the seed fixes the epoch
