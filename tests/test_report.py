@@ -287,3 +287,20 @@ def test_a_study_whose_every_trial_diverged_reports_dashes_and_no_warning(workdi
     assert "nan" not in text.lower().replace("nanosecond", "") and "<NA>" not in text
     assert "No final run finished: nothing to compare yet." in text
     assert {c[0]: c[1:] for c in table(text, "Trials that did not finish")} == {"lstm": ["1"], "rnn": ["1"]}
+
+
+def test_trials_that_all_scored_the_same_get_a_report_without_importances(workdir):
+    """fANOVA refuses a target with no variance (every trial at chance, say): the report leaves the
+    importances out instead of failing."""
+    client = MlflowClient()
+    exp_id = client.create_experiment("flat")
+    study_run(client, exp_id, "flat")
+    for i, (arch, lr) in enumerate([("lstm", 0.001), ("lstm", 0.01), ("rnn", 0.001), ("rnn", 0.01)]):
+        params = {"model.arch": arch, "train.lr": lr, "n_params": 100, "task.name": "digits", "task_io": "many-to-one",
+                  "task_metric": "accuracy", "task_metric_direction": "maximize", "arch_family": FAMILY[arch],
+                  "trial_number": i, "train.seed": 0}
+        write_run(client, exp_id, f"{arch}-#{i}", params=params, metrics={"best_val_accuracy": 0.1, "test_accuracy": 0.1},
+                  tags={"harness.role": "trial", "harness.study": "flat", "harness.state": "complete"},
+                  curve=("val_accuracy", [0.1, 0.1]))
+    text = write_report("flat").read_text()
+    assert "flat_importance.png" not in text and "flat_trials.png" in text

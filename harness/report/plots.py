@@ -206,6 +206,8 @@ def importance(study: Study) -> tuple[str, pd.Series, int] | None:
             dists[k] = CategoricalDistribution(sorted(done[k].astype(str).unique()))
             values[k] = done[k].astype(str)
     target = num(done, f"metrics.best_val_{study.metric}")
+    if target.nunique() < 2:  # every trial scored the same: nothing to attribute (fANOVA refuses it)
+        return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" line
     opt = optuna.create_study(direction="maximize" if study.maximize else "minimize")
     opt.add_trials([optuna.trial.create_trial(params={k.removeprefix("params."): values[k][i] for k in keys},
