@@ -24,7 +24,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.registry import Registry
-from harness.tasks.metrics import LOSSES, cross_entropy, higher_is_better, metric_fn, mse
+from harness.tasks.metrics import LOSSES, cross_entropy, higher_is_better, metric_fn, mse, skipping_padding
 
 __all__ = ["Task", "cross_entropy", "list_tasks", "load_task", "mse", "register_task", "split_train_val"]
 
@@ -68,7 +68,8 @@ class Task:
         task's blank-free symbol accuracy). A model at this value learned nothing from its input."""
         fn, better = self.metric_fn, (max if self.maximize else min)
         if self.y_train.is_floating_point():
-            return float(fn(self.y_train.float().nanmean(0).expand_as(self.y_test), self.y_test))
+            mean = self.y_train.float().nanmean(0) if self.variable_length else self.y_train.float().mean(0)
+            return float(fn(mean.expand_as(self.y_test), self.y_test))
 
         def constant(c: int, y: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(torch.full(y.shape, c), self.output_size).float()
@@ -78,11 +79,13 @@ class Task:
 
     @property
     def loss_fn(self) -> Callable:
-        return LOSSES[self.loss]
+        fn = LOSSES[self.loss]
+        return skipping_padding(fn) if self.variable_length else fn
 
     @property
     def metric_fn(self) -> Callable:
-        return metric_fn(self.metric)
+        fn = metric_fn(self.metric)
+        return skipping_padding(fn) if self.variable_length else fn
 
     @property
     def maximize(self) -> bool:
@@ -146,7 +149,9 @@ def positive_int(field: str, value, minimum: int = 1) -> int:
 def mean_baseline(y_train: torch.Tensor, y_val: torch.Tensor) -> float:
     """MSE on validation of the predictor that ignores its input: the training targets' mean
     (per step; NaN targets, the padding of shorter sequences, left out)."""
-    return mse(y_train.float().nanmean(0).expand_as(y_val), y_val).item()
+    if not (torch.isnan(y_train).any() or torch.isnan(y_val).any()):
+        return mse(y_train.float().mean(0).expand_as(y_val), y_val).item()
+    return skipping_padding(mse)(y_train.float().nanmean(0).expand_as(y_val), y_val).item()
 
 
 def list_tasks(pattern: str = "*") -> list[str]:

@@ -75,9 +75,21 @@ def symbol_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @register_metric(higher_is_better=False, scale="log")
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the targets that are numbers (NaN: the padding of a shorter sequence)."""
-    known = ~torch.isnan(y)  # (no host sync: a GPU's steps stay queued)
-    return torch.where(known, out - y.nan_to_num(), 0).square().sum() / known.sum()
+    return F.mse_loss(out, y)
+
+
+def skipping_padding(fn: Callable) -> Callable:
+    """`fn` (a loss or metric) over the targets that are real: for sequences of different lengths,
+    whose per-step targets are NaN (values) after a sequence's end. Class targets of -100 are
+    skipped by the losses and metrics themselves."""
+
+    def masked(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not y.is_floating_point():
+            return fn(out, y)
+        known = ~torch.isnan(y)
+        return fn(out[known], y[known])
+
+    return masked
 
 
 def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
