@@ -81,20 +81,21 @@ def _evaluate(model: nn.Module, task: Task, which: str, device: torch.device, ba
     model.eval()
     x, y = task.split(which)
     lengths = task.lengths(which)
-    loss = metric = 0.0
+    loss = metric = total = 0.0
     values = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        lb = None if lengths is None else lengths[i : i + batch_size].to(device)
+        lb = None if lengths is None else lengths[i : i + batch_size]
         xb, yb = cut(task, xb, yb, lb)
         with autocast(device, precision):
-            out = call(model, xb, lb)
-        out, n = out.float(), len(xb)
+            out = call(model, xb, None if lb is None else lb.to(device))
+        out, n = out.float(), float(weight(task, yb))
         loss += task.loss_fn(out, yb).item() * n
         metric += task.metric_fn(out, yb).item() * n
+        total += n
         if each:
-            values += [task.metric_fn(out[j : j + 1], yb[j : j + 1]) for j in range(n)]
-    return loss / len(x), metric / len(x), torch.stack(values).float().cpu().tolist() if values else []
+            values += [task.metric_fn(out[j : j + 1], yb[j : j + 1]) for j in range(len(xb))]
+    return loss / total, metric / total, torch.stack(values).float().cpu().tolist() if values else []
 
 
 def call(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -102,12 +103,22 @@ def call(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> tor
     return model(x) if lengths is None else model(x, lengths=lengths)
 
 
-def cut(task: Task, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | None):
-    """A batch of padded sequences cut to its longest (a per-step target with it)."""
+def cut(task: Task, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | None, steps: int | None = None):
+    """A batch of padded sequences cut to its longest, `steps` (when the caller knows it without
+    reading the device), a per-step target with it."""
     if lengths is None:
         return x, y
-    steps = int(lengths.max())
+    steps = int(lengths.max()) if steps is None else steps
     return x[:, :steps], (y[:, :steps] if task.io in ("many-to-many", "one-to-many") else y)
+
+
+def weight(task: Task, y: torch.Tensor) -> torch.Tensor | int:
+    """What a batch's mean loss or metric stands for: its examples, or, for per-step targets of
+    sequences of different lengths, its real (labelled) steps, so a split's figure is the mean
+    over its steps whatever the batch size."""
+    if not task.variable_length or task.io not in ("many-to-many", "one-to-many"):
+        return len(y)
+    return (~torch.isnan(y)).sum() if y.is_floating_point() else (y != -100).sum()
 
 
 def buckets(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 50) -> list[torch.Tensor]:
@@ -230,16 +241,18 @@ def _train(model: nn.Module, task: Task, cfg: TrainSettings, device: torch.devic
             order = torch.randperm(n, generator=gen).to(device)
             batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
         else:
-            batches = [b.to(device) for b in buckets(task.len_train, cfg.batch_size, gen)]
+            batches = buckets(task.len_train, cfg.batch_size, gen)  # on the CPU: each batch's longest without a sync
         total_loss = total_metric = torch.zeros((), device=device)
         for idx in batches:
             step += 1
+            steps = None if lengths is None else int(task.len_train[idx].max())
+            idx = idx.to(device)
             timed = grad_stats is not None and grad_stats.due(step)
             if timed:  # what queued before it belongs to the plain steps
                 speed.sync(device)
                 ts = time.perf_counter()
             lb = None if lengths is None else lengths[idx]
-            xb, yb = cut(task, x_train[idx], y_train[idx], lb)
+            xb, yb = cut(task, x_train[idx], y_train[idx], lb, steps)
             with autocast(device, cfg.precision):
                 out = call(model, xb, lb)
             out = out.float()

@@ -6,7 +6,7 @@ and Deeper RNN", CVPR): each unit recurs only on itself,
 so a unit's gradient through k steps is the product of u_n and its ReLU's 0/1 derivatives: with
 |u_n| ≤ γ^{1/T} it can neither grow beyond γ nor vanish faster than the unit lets it. The paper's
 constraint and initialisation, with γ = `magnitude` (2, the authors' code's MAG): every |u_n| is
-kept within 2^{1/T} (clamped in the forward, so a step of the optimiser past it has no effect), u
+kept within 2^{1/T} (clipped back at each training forward, as the authors clip after each step), u
 drawn from U(0, 2^{1/T}), and the top layer's from U(2^{−1/T}, 2^{1/T}), so it starts able to keep
 what it reads for the whole sequence. Deep IndRNNs stack with residual connections (Li et al.
 2019, "Deep Independently Recurrent Neural Network"): every layer after the first adds its input
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from harness.archs import check, register_model
-from harness.archs.sequence import Stack, build_net, check_common
+from harness.archs.sequence import Stack, build_net, check_common, scan_dtype
 
 
 class IndRNNLayer(nn.Module):
@@ -35,13 +35,19 @@ class IndRNNLayer(nn.Module):
         self.bound, self.residual = bound, residual
 
     def forward(self, x: torch.Tensor, return_states: bool = False):
-        pre = self.input(x)
-        u = self.u.clamp(-self.bound, self.bound).to(pre.dtype)  # the paper's constraint |u| ≤ γ^{1/T}
+        if self.training:  # the paper's constraint, |u| ≤ γ^{1/T}: the weight clipped back, as after each step
+            with torch.no_grad():
+                self.u.clamp_(-self.bound, self.bound)
+        # The recurrence in float32 under autocast: in bf16, 2^{±1/T} rounds to 1 for T > 128 and
+        # h_t would sum T steps to three digits.
+        pre = self.input(x).to(scan_dtype(x))
+        u = self.u.clamp(-self.bound, self.bound).to(pre.dtype)  # (a u set past the bound outside training)
         h = pre.new_zeros(pre.shape[0], pre.shape[2])
         hs = []
-        for t in range(pre.shape[1]):
-            h = torch.relu(torch.addcmul(pre[:, t], u, h))
-            hs.append(h)
+        with torch.autocast(pre.device.type, enabled=False):
+            for t in range(pre.shape[1]):
+                h = torch.relu(torch.addcmul(pre[:, t], u, h))
+                hs.append(h)
         out = torch.stack(hs, 1)
         if self.residual:
             out = out + x

@@ -24,7 +24,7 @@ from torch.nn.utils import parametrizations
 
 from harness.archs import check, register_model
 from harness.archs.elman import elman_scan
-from harness.archs.sequence import Stack, build_net, check_common
+from harness.archs.sequence import Stack, build_net, check_common, scan_dtype
 
 ACTIVATIONS = ("modrelu", "tanh")
 
@@ -62,18 +62,20 @@ class OrthogonalLayer(nn.Module):
         return "harness" if self.activation == "tanh" else "loop"
 
     def forward(self, x: torch.Tensor, return_states: bool = False):
-        pre = self.input(x)
-        u = self.recurrent.weight.to(pre.dtype)  # exp of the skew part, computed once per call
-        if self.activation == "tanh" and not return_states and not torch.compiler.is_exporting():
-            h0 = pre.new_zeros(pre.shape[0], pre.shape[2])
-            out = elman_scan(pre.transpose(0, 1).contiguous(), h0, u, "tanh").transpose(0, 1)
-            return out
-        h = pre.new_zeros(pre.shape[0], pre.shape[2])
-        hs = []
-        for t in range(pre.shape[1]):
-            z = pre[:, t] + F.linear(h, u)
-            h = torch.tanh(z) if self.activation == "tanh" else modrelu(z, self.bias.to(z.dtype))
-            hs.append(h)
+        # The recurrence in float32 under autocast: a bf16 U is orthogonal to 1 ± 0.004 only,
+        # which compounds over hundreds of steps.
+        pre = self.input(x).to(scan_dtype(x))
+        with torch.autocast(pre.device.type, enabled=False):
+            u = self.recurrent.weight.to(pre.dtype)  # exp of the skew part, computed once per call
+            if self.activation == "tanh" and not return_states and not torch.compiler.is_exporting():
+                h0 = pre.new_zeros(pre.shape[0], pre.shape[2])
+                return elman_scan(pre.transpose(0, 1).contiguous(), h0, u, "tanh").transpose(0, 1)
+            h = pre.new_zeros(pre.shape[0], pre.shape[2])
+            hs = []
+            for t in range(pre.shape[1]):
+                z = pre[:, t] + F.linear(h, u)
+                h = torch.tanh(z) if self.activation == "tanh" else modrelu(z, self.bias.to(z.dtype))
+                hs.append(h)
         out = torch.stack(hs, 1)
         return (out, hs) if return_states else out
 

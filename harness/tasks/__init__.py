@@ -68,7 +68,7 @@ class Task:
         task's blank-free symbol accuracy). A model at this value learned nothing from its input."""
         fn, better = self.metric_fn, (max if self.maximize else min)
         if self.y_train.is_floating_point():
-            mean = self.y_train.float().nanmean(0) if self.variable_length else self.y_train.float().mean(0)
+            mean = per_step_mean(self.y_train) if self.variable_length else self.y_train.float().mean(0)
             return float(fn(mean.expand_as(self.y_test), self.y_test))
 
         def constant(c: int, y: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,14 @@ def mean_baseline(y_train: torch.Tensor, y_val: torch.Tensor) -> float:
     (per step; NaN targets, the padding of shorter sequences, left out)."""
     if not (torch.isnan(y_train).any() or torch.isnan(y_val).any()):
         return mse(y_train.float().mean(0).expand_as(y_val), y_val).item()
-    return skipping_padding(mse)(y_train.float().nanmean(0).expand_as(y_val), y_val).item()
+    return skipping_padding(mse)(per_step_mean(y_train).expand_as(y_val), y_val).item()
+
+
+def per_step_mean(y: torch.Tensor) -> torch.Tensor:
+    """The mean target at each step over the sequences that reach it (NaN: padding); steps no
+    training sequence reaches take the mean over all steps."""
+    mean = y.float().nanmean(0)
+    return torch.where(torch.isnan(mean), y.float().nanmean(), mean)
 
 
 def list_tasks(pattern: str = "*") -> list[str]:

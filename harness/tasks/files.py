@@ -85,6 +85,10 @@ def table_sequences(df: pd.DataFrame, *, id_column, time_column, feature_columns
             example = repr(bad.iloc[0]) if len(bad) else df[name].dtype
             _fail(f"task: feature column {name!r} is not numeric ({example} in it); convert it, or leave it out of "
                   "task.feature_columns")
+        infinite = ~np.isfinite(df[name].to_numpy(dtype=float))
+        if infinite.any():
+            _fail(f"task: feature column {name!r} holds infinite values, the first in data row {int(np.flatnonzero(infinite)[0]) + 1}; "
+                  "fill or drop them")
     label_values = df[label_column]
     if label_values.map(type).nunique() > 1:
         kinds = ", ".join(sorted(label_values.map(lambda v: type(v).__name__).unique()))
@@ -109,26 +113,35 @@ def table_sequences(df: pd.DataFrame, *, id_column, time_column, feature_columns
 
 def npz_sequences(path: Path):
     try:
-        data = np.load(path, allow_pickle=False)
-    except ValueError:
-        data = np.load(path, allow_pickle=True)  # a list of variable-length arrays is an object array
+        with np.load(path, allow_pickle=False) as data:  # no pickled objects: a data file runs no code
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as e:
+        if "Object arrays" in str(e):
+            _fail(f"task.path: {path.name} holds an object array (sequences of different lengths?); save them zero-padded "
+                  "as x (N × T × F) with each one's length in `lengths`")
+        _fail(f"task.path: {path} is not a readable .npz file: {' '.join(str(e).split())[:200]}")
     except Exception as e:
         _fail(f"task.path: {path} is not a readable .npz file: {' '.join(str(e).split())[:200]}")
     for key in ("x", "y"):
-        if key not in data:
-            _fail(f"task.path: {path.name} has no array {key!r}; it has {', '.join(data.files) or 'none'}")
-    x, y = data["x"], data["y"]
+        if key not in arrays:
+            _fail(f"task.path: {path.name} has no array {key!r}; it has {', '.join(arrays) or 'none'}")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.number):
+        _fail(f"task.path: x has shape {x.shape} ({x.dtype}); it must be numbers, N × T × F (or N × T for one feature)")
     xs = [np.asarray(s, dtype=np.float32) for s in x]
     xs = [s[:, None] if s.ndim == 1 else s for s in xs]
     if len(xs) != len(y):
         _fail(f"task.path: x holds {len(xs)} sequences but y {len(y)} labels; give one label (or one row of labels) per sequence")
-    if "lengths" in data:
-        lengths = np.asarray(data["lengths"])
-        if len(lengths) != len(xs) or (lengths < 1).any() or any(n > len(s) for n, s in zip(lengths, xs, strict=True)):
-            _fail("task.path: lengths must hold one length per sequence, each from 1 to that sequence's padded length")
+    if y.ndim == 2 and y.shape[1] != x.shape[1]:
+        _fail(f"task.path: y has {y.shape[1]} labels per sequence but x {x.shape[1]} steps; a label per step needs one per step")
+    if "lengths" in arrays:
+        lengths = np.asarray(arrays["lengths"])
+        if (not np.issubdtype(lengths.dtype, np.integer) or len(lengths) != len(xs) or (lengths < 1).any()
+                or any(n > len(s) for n, s in zip(lengths, xs, strict=True))):
+            _fail("task.path: lengths must hold one integer per sequence, each from 1 to that sequence's padded length")
         xs = [s[:n] for s, n in zip(xs, lengths, strict=True)]
     ys = [np.asarray(v) for v in y]
-    if "lengths" in data and y.ndim == 2:
+    if "lengths" in arrays and y.ndim == 2:
         ys = [v[:n] for v, n in zip(ys, lengths, strict=True)]
     for i, s in enumerate(xs):
         if s.ndim != 2:
@@ -145,6 +158,8 @@ def npz_sequences(path: Path):
 def _labels(ys: list[np.ndarray], ids: list, io: str, target: str, label: str):
     """(io, is_class, classes, per-sequence labels (each a scalar or a (T_i,) array))."""
     varies = [i for i, v in zip(ids, ys, strict=True) if v.ndim and len(np.unique(v)) > 1]
+    if io == "many-to-many" and not all(v.ndim for v in ys):
+        _fail(f"task.io: 'many-to-many' needs a label per step, but {label!r} holds one per sequence; set io = 'many-to-one'")
     if io == "auto":
         io = "many-to-many" if varies else "many-to-one"
     if io == "many-to-one" and varies:
@@ -157,7 +172,7 @@ def _labels(ys: list[np.ndarray], ids: list, io: str, target: str, label: str):
     if target == "value" and not numeric:
         _fail(f"task.target: label {label!r} holds text ({_show(flat[0])}); a value to regress must be a number")
     if not is_class and not np.isfinite(flat.astype(float)).all():
-        _fail(f"task: label {label!r} holds infinite values")
+        _fail(f"task: label {label!r} holds NaN or infinite values; fill or drop them")
     classes = sorted(np.unique(flat).tolist(), key=lambda v: (str(type(v)), v)) if is_class else []
     per_seq = [v if io == "many-to-many" else (v.flat[0] if v.ndim else v.item()) for v in ys]
     return io, is_class, classes, per_seq
@@ -251,6 +266,7 @@ def files(
         ids, xs, ys, _ = npz_sequences(file)
     else:
         df = read_table(file, fmt)
+        _column(df, id_column, "id_column")
         if split_column is not None:
             _column(df, split_column, "split_column")
             bad = set(df[split_column].astype(str)) - {"train", "test"}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.tasks import Task, register_task
+from harness.tasks import Task, positive_int, register_task
 
 # Archive name → aeon's loader of the copy in its wheel (offline).
 BUNDLED = {
@@ -57,6 +57,8 @@ def ucr(dataset: str = "GunPoint", val_size: float | int = 0.2, split_seed: int 
     steps: zero-padded, with each series' length), OSULeaf, from aeon's wheel.
     """
     from harness.tasks.files import _split, pad, standardise  # the split and padding the files task makes
+
+    positive_int("split_seed", split_seed, 0)
 
     x_train, y_train = load_archive(dataset, "train")
     x_test, y_test = load_archive(dataset, "test")
