@@ -163,6 +163,8 @@ def bad(tmp_path, df: pd.DataFrame, **options):
     (lambda df: df, {"time_column": "when"}, r"^task\.time_column: column 'when' is not in the file"),
     (lambda df: pd.concat([df, df.iloc[:1]]), {}, r"^task\.time_column: sequence 's\d+' has two rows at t = \d+$"),
     (lambda df: df, {"target": "value"}, r"^task\.target: label 'label' holds text"),
+    (lambda df: df.assign(b=df["b"].where(df.index != df.index[5], np.inf)), {}, r"^task: feature column 'b' holds infinite values"),
+    (lambda df: df, {"id_column": "who", "split_column": "label"}, r"^task\.id_column: column 'who' is not in the file"),
 ])
 def test_every_mistake_in_a_file_is_one_line_naming_it(tmp_path, change, options, message):
     with pytest.raises(HarnessError, match=message) as e:
@@ -178,6 +180,23 @@ def test_every_mistake_in_a_file_is_one_line_naming_it(tmp_path, change, options
 def test_a_missing_or_unknown_file_is_one_line(options, message):
     with pytest.raises(HarnessError, match=message):
         load_task("files", **options)
+
+
+def test_bad_npz_arrays_are_one_line_and_nothing_is_unpickled(tmp_path):
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = np.zeros((3, 2)), np.zeros((4, 2))
+    np.savez(tmp_path / "r.npz", x=ragged, y=np.zeros(2))
+    with pytest.raises(HarnessError, match=r"^task\.path: r\.npz holds an object array .* zero-padded as x"):
+        load_task("files", path=str(tmp_path / "r.npz"))
+    np.savez(tmp_path / "s.npz", x=np.zeros((4, 5, 2), np.float32), y=np.zeros((4, 3)))
+    with pytest.raises(HarnessError, match=r"^task\.path: y has 3 labels per sequence but x 5 steps"):
+        load_task("files", path=str(tmp_path / "s.npz"))
+    np.savez(tmp_path / "m.npz", x=np.zeros((4, 5, 2), np.float32), y=np.zeros(4))
+    with pytest.raises(HarnessError, match=r"^task\.io: 'many-to-many' needs a label per step, but 'y' holds one per sequence"):
+        load_task("files", path=str(tmp_path / "m.npz"), io="many-to-many")
+    np.savez(tmp_path / "l.npz", x=np.zeros((4, 5, 2), np.float32), y=np.zeros(4), lengths=np.full(4, 3.0))
+    with pytest.raises(HarnessError, match=r"^task\.path: lengths must hold one integer per sequence"):
+        load_task("files", path=str(tmp_path / "l.npz"))
 
 
 def test_bad_npz_arrays_are_one_line(tmp_path):

@@ -35,7 +35,10 @@ class IndRNNLayer(nn.Module):
         self.bound, self.residual = bound, residual
 
     def forward(self, x: torch.Tensor, return_states: bool = False):
-        if self.training:  # the paper's constraint, |u| ≤ γ^{1/T}: the weight clipped back, as after each step
+        # The paper's constraint, |u| ≤ γ^{1/T}: a weight an optimiser step took past it is clipped
+        # back, as the authors' code does after each step (in place only then: a graph that read
+        # u before keeps its version).
+        if self.training and bool(self.u.detach().abs().max() > self.bound):
             with torch.no_grad():
                 self.u.clamp_(-self.bound, self.bound)
         # The recurrence in float32 under autocast: in bf16, 2^{±1/T} rounds to 1 for T > 128 and

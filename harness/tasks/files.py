@@ -242,7 +242,7 @@ def files(
     label_column: str = "label", feature_columns: list | None = None, split_column: str | None = None,
     test_size: float | int = 0.2, test_seed: int = 0, val_size: float | int = 0.1, split_seed: int = 0,
 ) -> Task:
-    """Your own sequences, many-to-one or many-to-many: a CSV / Parquet table (a row per step) or an .npz of arrays, classes or values.
+    """Your own sequences from a file, many-to-one: T steps × F features → a class or a value per sequence (a label per step: many-to-many), from a CSV / Parquet table or an .npz.
 
     See the module doc (and docs/tasks.md) for the file layouts; `io` and `target` are inferred
     from the label unless set. Sequences may differ in length (zero-padded, with their lengths).
