@@ -5,15 +5,16 @@ their CPU kernels at the same width.
 
 Each runner is one training step (forward, cross-entropy, backward; no optimiser step) of the
 registry's model, many-to-one over sequential MNIST's shape (784 steps × 1 input, 10 classes),
-batch 32 and hidden 64 by default. Before timing, each scan family's two paths are checked to
+batch 8 and hidden 16 by default (at batch 32 and hidden 64 Mamba's (B, T, E, N) states, kept
+for the backward, took this 2-core, 24 GiB machine past 15 minutes, most of it in the kernel). Before timing, each scan family's two paths are checked to
 give the same outputs and gradients from the same weights (float64, 784 steps). Runners are
 warmed up, then timed round-robin (each round times every runner once), so machine drift hits
 all alike; the table gives the median step time and the loop / scan ratio per family. Mamba's
 scan is also timed at several chunk sizes (`--chunks`): what its `chunk` default is chosen by.
 Nothing is asserted: on a shared machine read the ratios.
 
-    python benchmarks/bench_scan.py                     # 1 thread, as a sweep worker
-    python benchmarks/bench_scan.py --threads 2 --rounds 7 --batch 64
+    python benchmarks/bench_scan.py --rounds 2          # 1 thread, as a sweep worker: about 25 s
+    python benchmarks/bench_scan.py --threads 2 --rounds 7 --chunks 8,16,64
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ def check_equal(arch: str, steps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=784, help="sequence length")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--chunks", default="8,16,32,64", help="Mamba chunk sizes to time")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--chunks", default="16", help="Mamba chunk sizes to time, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as harness's run and sweep commands do
