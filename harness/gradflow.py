@@ -95,7 +95,7 @@ def fixed_batch(task) -> tuple[torch.Tensor, torch.Tensor]:
     common = int(torch.mode(lengths).values)
     pick = torch.nonzero(lengths == common).flatten()[:BATCH]
     y = task.y_val[pick]
-    return task.x_val[pick, :common], (y[:, :common] if task.io in ("many-to-many", "one-to-many") else y)
+    return task.x_val[pick, :common], (y[:, :common] if task.per_step else y)
 
 
 def log_rates(norms: np.ndarray, reverse: bool = False) -> np.ndarray:

@@ -109,14 +109,14 @@ def cut(task: Task, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | No
     if lengths is None:
         return x, y
     steps = int(lengths.max()) if steps is None else steps
-    return x[:, :steps], (y[:, :steps] if task.io in ("many-to-many", "one-to-many") else y)
+    return x[:, :steps], (y[:, :steps] if task.per_step else y)
 
 
 def weight(task: Task, y: torch.Tensor) -> torch.Tensor | int:
     """What a batch's mean loss or metric stands for: its examples, or, for per-step targets of
     sequences of different lengths, its real (labelled) steps, so a split's figure is the mean
     over its steps whatever the batch size."""
-    if not task.variable_length or task.io not in ("many-to-many", "one-to-many"):
+    if not task.variable_length or not task.per_step:
         return len(y)
     return (~torch.isnan(y)).sum() if y.is_floating_point() else (y != -100).sum()
 

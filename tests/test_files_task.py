@@ -25,6 +25,12 @@ def series(n: int = 40, steps: int = 6, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows).sample(frac=1, random_state=0)
 
 
+def ragged(n: int, shortest: int, kinds: int) -> pd.DataFrame:
+    """`series(n)` with sequences of `shortest` to `shortest + kinds - 1` steps (by sequence number)."""
+    df = series(n=n)
+    return df[df["t"] < shortest + df["sid"].str[1:].astype(int) % kinds]
+
+
 def test_a_csv_becomes_a_many_to_one_classification_split_by_sequence_and_stratified(tmp_path):
     df = series()
     path = tmp_path / "series.csv"
@@ -90,8 +96,7 @@ def test_the_table_can_carry_its_own_train_and_test_split(tmp_path):
 
 
 def test_sequences_of_different_lengths_are_padded_and_carry_their_lengths(tmp_path):
-    df = series(n=30)
-    df = df[(df["t"] < 2 + df["sid"].str[1:].astype(int) % 5)]  # 2 to 6 steps
+    df = ragged(30, 2, 5)  # 2 to 6 steps
     df["label"] = np.where(df["t"] % 2 == 0, "even", "odd")  # a label per step
     df.to_csv(tmp_path / "s.csv", index=False)
     task = load_task("files", path=str(tmp_path / "s.csv"), id_column="sid", time_column="t")
@@ -107,9 +112,7 @@ def test_sequences_of_different_lengths_are_padded_and_carry_their_lengths(tmp_p
 
 
 def test_a_files_experiment_of_different_lengths_trains_end_to_end(tmp_path, workdir):
-    df = series(n=60)
-    df = df[(df["t"] < 3 + df["sid"].str[1:].astype(int) % 4)]
-    df.to_csv(workdir / "series.csv", index=False)
+    ragged(60, 3, 4).to_csv(workdir / "series.csv", index=False)
     (workdir / "var.toml").write_text(
         'name = "var"\n[task]\nname = "files"\npath = "series.csv"\nid_column = "sid"\ntime_column = "t"\n'
         '[model]\narch = "bigru"\nhidden_size = 8\n[train]\nepochs = 2\nlr = 0.02\nbatch_size = 8\n'
@@ -118,9 +121,7 @@ def test_a_files_experiment_of_different_lengths_trains_end_to_end(tmp_path, wor
 
 
 def test_a_model_that_cannot_read_lengths_is_refused_for_sequences_of_different_lengths(tmp_path, workdir):
-    df = series(n=20)
-    df = df[(df["t"] < 3 + df["sid"].str[1:].astype(int) % 3)]
-    df.to_csv(workdir / "series.csv", index=False)
+    ragged(20, 3, 3).to_csv(workdir / "series.csv", index=False)
     (workdir / "fixed.py").write_text(
         "from torch import nn\n"
         "class Last(nn.Module):\n"

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from harness.archs import check, register_model
-from harness.archs.sequence import Stack, build_net, check_common, scan_dtype
+from harness.archs.recurrent import check_common
+from harness.archs.sequence import Stack, build_net, scan_dtype
 
 
 class IndRNNLayer(nn.Module):

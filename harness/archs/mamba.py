@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import register_model
-from harness.archs.sequence import Stack, build_net, check_common, check_scan, check_width, linear_scan, scan_dtype
+from harness.archs.recurrent import check_common, check_width
+from harness.archs.sequence import Stack, build_net, check_scan, linear_scan, scan_dtype
 
 
 class MambaLayer(nn.Module):

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import register_model
-from harness.archs.sequence import Stack, build_net, check_common, check_scan, log_scan, scan_dtype
+from harness.archs.recurrent import check_common
+from harness.archs.sequence import Stack, build_net, check_scan, log_scan, scan_dtype
 
 
 def g(v: torch.Tensor) -> torch.Tensor:

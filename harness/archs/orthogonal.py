@@ -24,7 +24,8 @@ from torch.nn.utils import parametrizations
 
 from harness.archs import check, register_model
 from harness.archs.elman import elman_scan
-from harness.archs.sequence import Stack, build_net, check_common, scan_dtype
+from harness.archs.recurrent import check_common
+from harness.archs.sequence import Stack, build_net, scan_dtype
 
 ACTIVATIONS = ("modrelu", "tanh")
 

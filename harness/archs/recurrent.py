@@ -197,7 +197,7 @@ def set_forget_bias(rnn: nn.LSTM, value: float) -> None:
 # --- family builders (their signatures are the options each variant takes) ------------------
 
 
-def _positive_int(value, field: str) -> None:
+def check_width(value, field: str) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
     check(ok, field, f"must be a positive integer, got {value!r}")
 
@@ -207,13 +207,18 @@ def check_dropout(dropout) -> None:
     check(ok, "dropout", f"must be a probability in [0, 1), got {dropout!r}")
 
 
-def _build(family, extra: dict, *, input_size, output_size, io, seq_len, hidden_size, num_layers, dropout,
-           bidirectional, init) -> RecurrentNet:
+def check_common(*, io, hidden_size, num_layers, dropout, bidirectional) -> None:
+    """The options every recurrent family takes (the classic ones here, and harness.archs.sequence's)."""
     check(io in IO_KINDS, "io", f"{io!r} is not one of {', '.join(IO_KINDS)}")
-    _positive_int(hidden_size, "hidden_size")
-    _positive_int(num_layers, "num_layers")
+    check_width(hidden_size, "hidden_size")
+    check_width(num_layers, "num_layers")
     check_dropout(dropout)
     check(isinstance(bidirectional, bool), "bidirectional", f"must be true or false, got {bidirectional!r}")
+
+
+def _build(family, extra: dict, *, input_size, output_size, io, seq_len, hidden_size, num_layers, dropout,
+           bidirectional, init) -> RecurrentNet:
+    check_common(io=io, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
     check(init in ("torch", "keras"), "init", f"must be 'torch' or 'keras', got {init!r}")
     # Dropout acts between stacked layers only; a single layer has none (torch would warn).
     rnn = family(input_size, hidden_size, num_layers=num_layers, batch_first=True,

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.archs import IO_KINDS, check
-from harness.archs.recurrent import PER_STEP, as_sequence, check_dropout, head_flops, last_state, reverse_within
+from harness.archs import check
+from harness.archs.recurrent import PER_STEP, as_sequence, head_flops, last_state, reverse_within
 
 SCANS = ("parallel", "loop")  # the `scan` option of the scan families: the loop is the reference
 
@@ -76,20 +76,6 @@ def scan_dtype(x: torch.Tensor) -> torch.dtype:
 
 def check_scan(scan) -> None:
     check(scan in SCANS, "scan", f"must be one of {', '.join(SCANS)}, got {scan!r}")
-
-
-def check_width(value, field: str) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-    check(ok, field, f"must be a positive integer, got {value!r}")
-
-
-def check_common(*, io, hidden_size, num_layers, dropout, bidirectional) -> None:
-    """The options every family takes, checked as the classic families check them."""
-    check(io in IO_KINDS, "io", f"{io!r} is not one of {', '.join(IO_KINDS)}")
-    check_width(hidden_size, "hidden_size")
-    check_width(num_layers, "num_layers")
-    check_dropout(dropout)
-    check(isinstance(bidirectional, bool), "bidirectional", f"must be true or false, got {bidirectional!r}")
 
 
 class Stack(nn.Module):

@@ -100,6 +100,11 @@ class Task:
         return getattr(self, f"len_{which}")
 
     @property
+    def per_step(self) -> bool:
+        """Whether the targets are per step (many-to-many, one-to-many), not per sequence."""
+        return self.io in ("many-to-many", "one-to-many")
+
+    @property
     def variable_length(self) -> bool:
         return self.len_train is not None
 

@@ -178,7 +178,7 @@ def _labels(ys: list[np.ndarray], ids: list, io: str, target: str, label: str):
     return io, is_class, classes, per_seq
 
 
-def _split(n: int, labels, size, seed: int, field: str) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, labels, size, seed: int, field: str) -> tuple[np.ndarray, np.ndarray]:
     """(rest, held) indices: `size` (a fraction or a count) held out, stratified by `labels` when given."""
     if isinstance(size, bool) or not isinstance(size, (int, float)):
         _fail(f"task.{field}: must be a fraction in (0, 1) or a count, got {size!r}")
@@ -290,8 +290,8 @@ def files(
         if not len(test) or not len(rest):
             _fail(f"task.split_column: {split_column!r} puts every sequence in one split; it needs train and test sequences")
     else:
-        rest, test = _split(len(x), strata, test_size, test_seed, "test_size")
-    train_idx, val_idx = _split(len(rest), None if strata is None else strata[rest], val_size, split_seed, "val_size")
+        rest, test = split_indices(len(x), strata, test_size, test_seed, "test_size")
+    train_idx, val_idx = split_indices(len(rest), None if strata is None else strata[rest], val_size, split_seed, "val_size")
     train, val = rest[train_idx], rest[val_idx]
     x = standardise(x, lengths, train)
     which = (("train", train), ("val", val), ("test", test))

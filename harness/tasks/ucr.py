@@ -56,7 +56,7 @@ def ucr(dataset: str = "GunPoint", val_size: float | int = 0.2, split_seed: int 
     Offline: ACSF1, ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels (7–29
     steps: zero-padded, with each series' length), OSULeaf, from aeon's wheel.
     """
-    from harness.tasks.files import _split, pad, standardise  # the split and padding the files task makes
+    from harness.tasks.files import pad, split_indices, standardise  # the split and padding the files task makes
 
     positive_int("split_seed", split_seed, 0)
 
@@ -68,7 +68,7 @@ def ucr(dataset: str = "GunPoint", val_size: float | int = 0.2, split_seed: int 
     x, lengths = pad([s.T for s in (*x_train, *x_test)])
     y = torch.tensor([index[c] for c in (*y_train.tolist(), *y_test.tolist())])
     n = len(x_train)
-    train, val = _split(n, y[:n].numpy(), val_size, split_seed, "val_size")
+    train, val = split_indices(n, y[:n].numpy(), val_size, split_seed, "val_size")
     test = np.arange(n, len(x))
     x = standardise(x, lengths, train)
     which = (("train", train), ("val", val), ("test", test))
