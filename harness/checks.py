@@ -99,7 +99,7 @@ def check_tracking(study: str | None = None) -> None:
     path = sqlite_path(uri)
     if path is not None and not path.exists():
         return
-    from harness.sweep.storage import store_lock  # (imports this module)
+    from harness.locks import store_lock
 
     try:
         with store_lock(uri):  # commands starting together on a new database: one makes its tables

@@ -235,7 +235,7 @@ class Reference(_Section):
     cited source states for `family` on this task's `metric` (e.g. `accuracy`), never a figure read
     off a plot or recomputed."""
 
-    family: str = Field(min_length=1)  # as the registry names families: RNN, LSTM, GRU, BRNN, MLP
+    family: str = Field(min_length=1)  # as the registry names families (RNN, LSTM, GRU, …), or a method harness does not run (1-NN DTW)
     metric: str = Field(min_length=1)
     value: float
     source: str = Field(min_length=1)  # the citation: authors, year, title or URL, and where in it

@@ -4,7 +4,7 @@
 # (the reports name the commit they ran at), on the machine the reports should describe, with
 # nothing else running (speeds are measured). Runs go to runs/ (ignored by git): a fresh MLflow
 # store and Optuna storage, so every report holds this commit's runs only.
-#   reports/regenerate.sh            # every study, about two hours on a 2-core CPU
+#   reports/regenerate.sh            # every study, about four hours on a 2-core CPU
 #   reports/regenerate.sh quickstart # some studies; the leaderboard covers whatever runs/ holds
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,8 @@ studies=("$@")
 if [ ${#studies[@]} -eq 0 ]; then
     # (seed_fashion_lstm is not among them: its 5 seeds are the first 5 of seed_fashion_fp32's 10)
     studies=(quickstart rnn_types_digits rnn_types_fashion long_range_adding copy_memory
-             seed_fashion_fp32 seed_fashion_bf16)
+             seed_fashion_fp32 seed_fashion_bf16
+             modern_vs_classic selective_copy mqar ucr_japanese_vowels ucr_basic_motions ucr_gunpoint)
 fi
 mkdir -p runs
 export MLFLOW_TRACKING_URI=sqlite:///runs/mlflow.db

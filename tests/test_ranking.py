@@ -18,9 +18,10 @@ from optuna.trial import TrialState, create_trial
 from harness.archs import create_model
 from harness.cli import main
 from harness.config import validate
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Pruned
 from harness.runner import build
 from harness.sweep import run
+from harness.sweep.objective import Objective, PruneOnSignal
 from harness.sweep.space import edges
 from harness.train import fit
 from tests.conftest import EXPERIMENTS
@@ -109,17 +110,47 @@ def test_seeds_in_the_search_are_nested_runs_and_the_objective_is_their_mean(tin
         assert [h.step for h in curve] == [1, 2]  # the seeds' mean per epoch, for the learning curves
 
 
-def test_pruning_compares_the_seeds_mean_at_one_step_per_seed_and_epoch(tiny, workdir):
-    outcome = run(load(tiny, "sweep.n_trials=1", "sweep.seeds=2"), progress=False)
-    (t,) = outcome.study.trials
-    seeds = sorted(runs_of(role="seed"), key=lambda r: int(r.data.params["train.seed"]))
-    client = MlflowClient()
-    curves = [[h.value for h in sorted(client.get_metric_history(r.info.run_id, "val_accuracy"), key=lambda h: h.step)]
-              for r in seeds]
-    # seed 0's epochs are steps 1, 2; seed 1's are steps 3, 4, reported as the mean with seed 0's same epoch.
-    assert t.intermediate_values == pytest.approx({1: curves[0][0], 2: curves[0][1],
-                                                   3: np.mean([curves[0][0], curves[1][0]]),
-                                                   4: np.mean([curves[0][1], curves[1][1]])})
+def test_pruning_compares_the_seeds_mean_at_one_step_per_seed_and_epoch():
+    # Synthetic epochs fed to the callback a trial's seeds train with, on a real Optuna trial.
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    objective = Objective("val_accuracy", maximize=True)
+    seed0 = PruneOnSignal(trial, objective, epochs=3)
+    for epoch, value in enumerate([0.5, 0.7, 0.6], 1):
+        seed0.on_epoch_end(epoch, {"val_accuracy": value})
+    # Seed 1 stops early after two epochs (no step 6); seed 2's third epoch is averaged with
+    # seed 1's best (0.9), the checkpoint it stopped with.
+    seed1 = PruneOnSignal(trial, objective, epochs=3, seed_index=1, earlier=[seed0.curve])
+    for epoch, value in enumerate([0.9, 0.8], 1):
+        seed1.on_epoch_end(epoch, {"val_accuracy": value})
+    seed2 = PruneOnSignal(trial, objective, epochs=3, seed_index=2, earlier=[seed0.curve, seed1.curve])
+    for epoch, value in enumerate([0.1, 0.2, 0.3], 1):
+        seed2.on_epoch_end(epoch, {"val_accuracy": value, "val_loss": 9.0})
+    assert study.trials[0].intermediate_values == pytest.approx({
+        1: 0.5, 2: 0.7, 3: 0.6,                        # seed j's epoch e is step j·3 + e
+        4: (0.5 + 0.9) / 2, 5: (0.7 + 0.8) / 2,         # the mean over the seeds so far
+        7: (0.5 + 0.9 + 0.1) / 3, 8: (0.7 + 0.8 + 0.2) / 3, 9: (0.6 + 0.9 + 0.3) / 3})
+
+
+def test_a_pruned_epoch_raises_except_the_last_and_minimising_keeps_a_stopped_seeds_lowest():
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    study = optuna.create_study(direction="minimize", pruner=Always())
+    trial = study.ask()
+    loss = Objective("val_loss", maximize=False)
+    seed0 = PruneOnSignal(trial, loss, epochs=2)
+    with pytest.raises(Pruned, match="pruned at epoch 1$"):
+        seed0.on_epoch_end(1, {"val_loss": 2.0})
+    seed0.on_epoch_end(2, {"val_loss": 1.0})  # the last epoch: the work is done, kept
+    seed1 = PruneOnSignal(trial, loss, epochs=2, seed_index=1, earlier=[[2.0]])  # seed 0 stopped after one epoch
+    with pytest.raises(Pruned, match="pruned at epoch 1 of seed 2"):
+        seed1.on_epoch_end(1, {"val_loss": 4.0})
+    assert study.trials[0].intermediate_values == {1: 2.0, 2: 1.0, 3: 3.0}
+    quiet = PruneOnSignal(trial, None, epochs=2)  # a multi-objective study: nothing reported
+    quiet.on_epoch_end(1, {"val_loss": 5.0})
+    assert quiet.curve == [] and len(study.trials[0].intermediate_values) == 3
 
 
 def test_patience_stops_a_run_that_no_longer_improves():

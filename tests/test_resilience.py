@@ -426,7 +426,7 @@ def test_four_workers_on_a_new_sqlite_store_never_lose_a_grid_point(tmp_path, mo
 def test_four_workers_on_a_new_postgres_study_and_store_never_lose_a_grid_point(postgres, tmp_path, monkeypatch):
     """The same on PostgreSQL, which has the same unique constraint: the study and MLflow's runs
     each in a new database of the session's server (on its first round it found two commands racing
-    to create MLflow's tables: harness.sweep.storage.store_lock)."""
+    to create MLflow's tables: harness.locks.store_lock)."""
     for attempt in range(1):
         folder = tmp_path / f"round-{attempt}"
         folder.mkdir()

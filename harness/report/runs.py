@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -216,18 +217,63 @@ def trained_runs(trials: pd.DataFrame, seeds: pd.DataFrame, finals: pd.DataFrame
 
 
 def val_curve(client: MlflowClient, run_id: str, metric: str) -> pd.Series:
-    """A run's validation metric per epoch (indexed by epoch, in order)."""
-    return pd.Series({m.step: m.value for m in client.get_metric_history(run_id, f"val_{metric}")}, dtype=float).sort_index()
+    """A run's validation metric per epoch (indexed by epoch, in order; a step logged twice keeps
+    its last value, as get_metric_history's order gives it). From a SQL store's metrics table in
+    one query (get_metric_history builds an ORM object per point: 10 ms a run)."""
+    engine = _database(client.tracking_uri)
+    if engine is None:
+        points = [(m.step, m.value) for m in client.get_metric_history(run_id, f"val_{metric}")]
+    else:
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            points = conn.execute(text("SELECT step, CASE WHEN is_nan THEN NULL ELSE value END FROM metrics "
+                                       "WHERE run_uuid = :run AND key = :key ORDER BY timestamp, step"),
+                                  {"run": run_id, "key": f"val_{metric}"}).all()
+    return pd.Series(dict(points), dtype=float).sort_index()
+
+
+def artifact_dirs(client: MlflowClient, run_ids: list[str]) -> dict[str, Path]:
+    """The runs' artifact folders that lie on this machine's disk, by run id (a SQL store with local
+    artifacts: read in place, where `download_artifacts` would copy each file through MLflow's
+    artifact repository, 15 ms a file); runs whose artifacts live elsewhere are left out."""
+    engine = _database(client.tracking_uri)
+    if engine is None or not run_ids:
+        return {}
+    from sqlalchemy import bindparam, text
+
+    query = text("SELECT run_uuid, artifact_uri FROM runs WHERE run_uuid IN :ids").bindparams(bindparam("ids", expanding=True))
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"ids": list(run_ids)}).all()
+    found = {}
+    for run_id, uri in rows:
+        parsed = urlparse(uri or "")
+        path = Path(unquote(parsed.path)) if parsed.scheme in ("", "file") and parsed.path else None
+        if path is not None and path.is_dir():
+            found[run_id] = path
+    return found
+
+
+def artifact(client: MlflowClient, run_id: str, name: str, local: dict[str, Path], tmp: str) -> Path:
+    """A run's artifact `name` as a file: in place when its folder is in `local` (artifact_dirs),
+    downloaded into `tmp` otherwise. Raises when the run did not log it."""
+    if run_id in local:
+        path = local[run_id] / name
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        return path
+    return Path(client.download_artifacts(run_id, name, tmp))
 
 
 def per_example(client: MlflowClient, run_ids: list[str]) -> np.ndarray | None:
     """Each run's test metric per example (`test_per_example.npy`), stacked seeds × examples, or
     None when a run did not keep them."""
     rows = []
+    local = artifact_dirs(client, run_ids)
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in run_ids:
             try:
-                path = client.download_artifacts(run_id, "test_per_example.npy", tmp)
+                path = artifact(client, run_id, "test_per_example.npy", local, f"{tmp}/{run_id}")
             except Exception:  # not logged (tracking.test_per_example = false, or an older run)
                 return None
             rows.append(np.load(path))

@@ -1,7 +1,7 @@
 """`harness sweep`: an Optuna study over architectures and hyperparameters, on every device.
 
 This module runs a sweep from start to end (`run`); each job lives in its own module:
-`space` (search space, sampler, pruner), `storage` (URLs, drivers, masking, the store lock),
+`space` (search space, sampler, pruner), `storage` (URLs, drivers, masking; the store lock is harness.locks),
 `recovery` (lost trials, orphan runs), `objective` (one trial), `pool` and `workers` (worker
 processes), `progress`, `finals` (fresh-seed re-runs), `pareto`; `optuna_private` is the one
 adapter over Optuna's private API.
@@ -56,6 +56,7 @@ from harness import provenance
 from harness.checks import check_tracking
 from harness.config import Experiment, tracking_uri
 from harness.errors import HarnessError
+from harness.locks import store_lock
 from harness.mlflow_store import find_runs, get_client, set_tags
 from harness.precision import check_precision
 from harness.sweep import grid, workers
@@ -67,7 +68,7 @@ from harness.sweep.pool import quiet_optuna, run_pool, work
 from harness.sweep.progress import Progress
 from harness.sweep.recovery import close_orphan_runs, fail_lost_trials
 from harness.sweep.space import check_space, check_study, edges, make_pruner, make_sampler, precisions
-from harness.sweep.storage import make_storage, masked, resolve_storage, store_lock
+from harness.sweep.storage import make_storage, masked, resolve_storage
 from harness.tasks import shared_task
 from harness.tracking import dataset_inputs, study_run
 

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import Experiment, tracking_uri
+from harness.locks import store_lock
 from harness.logged_model import log_model_from_checkpoint
 from harness.mlflow_store import find_runs, get_client, set_tags
 from harness.resilience import infrastructure, reason
@@ -32,7 +33,7 @@ from harness.sweep import workers
 from harness.sweep.counting import MAX_RETRY
 from harness.sweep.objective import Objective, Plan, objective_value
 from harness.sweep.sizes import matched
-from harness.sweep.storage import make_storage, store_lock
+from harness.sweep.storage import make_storage
 from harness.tracking import MlflowRun, run_name
 
 SEED_OFFSET = 1000  # final seeds start here above train.seed: far from the search's seeds

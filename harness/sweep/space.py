@@ -25,11 +25,11 @@ from optuna.trial import FrozenTrial
 
 from harness.config import Experiment, ParamSpec
 from harness.errors import HarnessError
+from harness.locks import store_lock
 from harness.runner import build
 from harness.sweep import optuna_private
 from harness.sweep.budgets import EqualBudgets
 from harness.sweep.sizes import matched
-from harness.sweep.storage import store_lock
 from harness.tasks import Task, load_task
 
 

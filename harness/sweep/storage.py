@@ -1,6 +1,6 @@
 """Where a study lives: storage specs → URLs, the PostgreSQL driver, passwords masked, the
 Optuna storage opened with retries and heartbeats, calls that outlast the database's outages
-(a restart, a failover: harness.resilience), and a lock on a store while it is made.
+(a restart, a failover: harness.resilience); the lock on a store while it is made is harness.locks.
 
 Specs: unset → SQLite `optuna.db` in the working directory; `journal:PATH` or a path ending
 .log / .journal → Optuna's journal file (many processes on one machine); any database URL
@@ -10,22 +10,21 @@ Specs: unset → SQLite `optuna.db` in the working directory; `journal:PATH` or 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 import warnings
 from pathlib import Path
 
 import optuna
-from filelock import FileLock
 from optuna.trial import TrialState
 
 from harness.checks import check_file, check_sqlite
 from harness.config import default_storage, masked, with_driver
 from harness.errors import HarnessError
+from harness.locks import store_lock
 from harness.resilience import retrying, wrap_methods
 from harness.sweep.recovery import lost_trial
 
-__all__ = ["store_lock", "make_storage", "masked", "resolve_storage", "with_driver"]
+__all__ = ["make_storage", "masked", "resolve_storage", "with_driver"]
 
 HEARTBEAT_S = 10  # a worker's trial records a heartbeat this often (RDB storages)
 GRACE_S = 60  # a RUNNING trial without a heartbeat for this long is failed and re-queued
@@ -122,46 +121,3 @@ def _last_byte(path: Path) -> bytes:
         return f.read(1)
 
 
-@contextlib.contextmanager
-def store_lock(url: str):
-    """Hold an exclusive lock on a store while making what it may lack (tables, a study, a grid's
-    queue, a final run's claim): neither Optuna nor MLflow creates a database's tables safely in
-    parallel, and "read, then insert if missing" races. A SQLite store is locked across this
-    machine's processes by a file beside the database (`optuna.db.lock`, so nothing piles up in
-    the temp folder); a PostgreSQL database across every machine by an advisory lock, held on a
-    connection of its own. Other stores (an MLflow server, a journal file) lock themselves.
-    A database that does not answer is not locked here: the caller's own call tells why."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.lock"):
-            yield
-        return
-    if not url.startswith(("postgresql://", "postgresql+")):
-        yield
-        return
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    engine = sqlalchemy.create_engine(with_driver(url), poolclass=NullPool)
-    try:
-        conn = engine.connect()
-    except sqlalchemy.exc.SQLAlchemyError:
-        engine.dispose()
-        yield
-        return
-    try:
-        conn.execute(sqlalchemy.text("select pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
-        yield
-    finally:
-        try:  # ending the session releases the lock too, when the server went away meanwhile
-            conn.execute(sqlalchemy.text("select pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
-            conn.close()
-        except sqlalchemy.exc.SQLAlchemyError:
-            conn.invalidate()
-        engine.dispose()
-
-
-# One advisory-lock key for harness in each database (the keys are per database): a stable
-# 64-bit number from a name, as PostgreSQL's key space is shared with other applications.
-_LOCK_KEY = int.from_bytes(hashlib.blake2b(b"harness.store_lock", digest_size=8).digest(), "big", signed=True)
