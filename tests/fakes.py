@@ -27,3 +27,26 @@ def write_run(client: MlflowClient, exp_id: str, name: str, *, params: dict[str,
 def study_run(client: MlflowClient, exp_id: str, study: str, **tags: str) -> str:
     """The study's own (parent) run, as `harness sweep` opens it."""
     return client.create_run(exp_id, run_name=study, tags={"harness.role": "study", "harness.study": study, **tags}).info.run_id
+
+
+FAMILY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "brnn": "BRNN"}
+
+
+def write_study(client, name, finals: dict[str, list[float]], *, metric="accuracy", maximize=True, task="digits",
+                baseline: float | None = None, sizes: dict[str, int] | None = None, clip: dict[str, float] | None = None):
+    """A study (its parent run, then runs of it) whose architectures' final runs scored `finals` (seeds 1000, 1001, …), one search trial each."""
+    exp_id = client.create_experiment(name)
+    study_run(client, exp_id, name)
+    for number, (arch, values) in enumerate(finals.items()):
+        for role, seeds in (("trial", [values[0]]), ("final", values)):
+            for i, v in enumerate(seeds):
+                params = {"model.arch": arch, "arch_family": FAMILY[arch], "task.name": task, "task_metric": metric,
+                          "task_metric_scale": "log" if metric == "mse" else "linear",
+                          "task_metric_direction": "maximize" if maximize else "minimize", "train.seed": 1000 + i,
+                          "trial_number": number, "n_params": (sizes or {}).get(arch, 10),
+                          **({"task_metric_baseline": baseline} if baseline is not None else {})}
+                tags = {"harness.role": role, "harness.study": name, "harness.state": "complete",
+                        "harness.config": f"c-{arch}", "harness.source_trial": str(number)}
+                metrics = {f"test_{metric}": v, f"best_val_{metric}": v, "train_samples_per_s": 100.0 * (number + 1),
+                           **({"clip_share": clip[arch]} if clip else {})}
+                write_run(client, exp_id, f"{arch}-{role}-{i}", params=params, tags=tags, metrics=metrics)

@@ -156,6 +156,8 @@ def test_the_linear_scan_is_the_recurrence_and_passes_gradcheck(chunk):
         h = lam * h + z[:, t]
         want.append(h)
     torch.testing.assert_close(linear_scan(lam, z, chunk), torch.stack(want, 1))
+    # the hand-written backward (a reverse scan) on complex values and a coefficient broadcast over t
+    assert torch.autograd.gradcheck(lambda l_, z_: linear_scan(l_, z_, chunk), (lam.requires_grad_(), z.requires_grad_()))
 
 
 def test_the_log_space_scan_is_the_recurrence_and_passes_gradcheck():

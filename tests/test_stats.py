@@ -1,6 +1,6 @@
 """Verdicts the evidence supports: the statistics of a comparison against hand computations
 (scipy, statsmodels), intervals whose coverage is measured by simulation, the final seeds chosen
-by power, and `harness compare` on two small real studies."""
+by power, and `harness compare` on two studies written with known values."""
 
 from __future__ import annotations
 
@@ -9,13 +9,21 @@ import re
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import create_trial
 from scipy import stats as sp
 from statsmodels.stats.power import TTestPower
 
 from harness.cli import main
+from harness.config import validate
 from harness.report import stats
+from harness.sweep.finals import auto_repeat
+from harness.sweep.objective import Objective, Plan
+from harness.tasks import metrics
+from tests.fakes import write_run, write_study
 
 
 def tost_by_hand(diff: np.ndarray, margin: float) -> float:
@@ -111,86 +119,63 @@ def test_seeds_for_is_statsmodels_power_calculation():
         assert stats.detectable(sd, stats.seeds_for(margin, sd, comparisons), comparisons) <= margin + 1e-12
 
 
-TINY = """
-name = "{name}"
-[task]
-name = "digits"
-[model]
-arch = "rnn"
-hidden_size = 8
-[train]
-epochs = 1
-batch_size = 64
-lr = 0.01
-precision = "{precision}"
-[tracking]
-system_metrics = false
-checkpoint = false
-mlflow_model = false
-learning_curve = false
-gradflow = false
-grad_stats_every = 0
-[sweep]
-sampler = "grid"
-pruner = "none"
-{sweep}
-[sweep.space]
-"model.arch" = {archs}
-"""
-
-
-def tiny(workdir: Path, name: str, sweep: str, archs: str = '["rnn"]', precision: str = "fp32") -> Path:
-    path = workdir / f"{name}.toml"
-    path.write_text(TINY.format(name=name, sweep=sweep, archs=archs, precision=precision))
-    assert main(["sweep", str(path), "--out", str(workdir / "out")]) == 0
-    return path
-
-
-def test_repeat_auto_trains_as_many_final_seeds_as_the_power_calculation_asks(workdir, capsys):
-    tiny(workdir, "auto", "seeds = 2\nrepeat = \"auto\"\nrepeat_min = 2\nrepeat_max = 4", archs='["rnn", "gru"]')
+@pytest.mark.parametrize(("sds", "metric", "expected"), [
+    ([0.0007, 0.0007], "accuracy", 3),   # the seeds' spread asks for 3, within the bounds
+    ([0.03, 0.05], "accuracy", 4),       # noisier seeds ask for 1,070: repeat_max
+    ([0.0001, 0.0001], "accuracy", 2),   # near-identical seeds: two suffice (statsmodels' solver gives NaN here)
+    ([0.002, 0.001], "mse", 3),          # a log-scale metric: the sd relative to the mean (2% each)
+])
+def test_repeat_auto_asks_as_many_final_seeds_as_the_power_calculation(workdir, capsys, sds, metric, expected):
+    # The search's two architectures, each best trial a seed-group run whose sd over its 2 seeds is known.
     client = MlflowClient()
-    exp_id = client.get_experiment_by_name("auto").experiment_id
-    runs = client.search_runs([exp_id])
-    study = next(r for r in runs if r.data.tags.get("harness.role") == "study")
-    trials = [r for r in runs if r.data.tags.get("harness.role") == "trial"]
-    sds = [r.data.metrics["best_val_accuracy_std"] for r in trials]
-    wanted = stats.seeds_for(0.005, math.sqrt(2 * np.mean(np.square(sds))), 1)
-    n = min(max(wanted, 2), 4)
-    assert study.data.tags["harness.repeat_wanted"] == str(wanted) and study.data.tags["harness.repeat_auto"] == str(n)
-    finals = [r for r in runs if r.data.tags.get("harness.role") == "final"]
-    assert len(finals) == 2 * n and {r.data.params["train.seed"] for r in finals} == {str(1000 + i) for i in range(n)}
-    err = capsys.readouterr().err
-    assert f"harness: repeat = auto: {n} final seeds (a difference of ± 0.005 in accuracy" in err
-    assert f"asks for {wanted} seeds" in err
+    exp_id = client.create_experiment("auto")
+    study = optuna.create_study(direction="maximize" if metric == "accuracy" else "minimize")
+    arch_dist = {"model.arch": CategoricalDistribution(["rnn", "gru"])}
+    means = [0.8, 0.9] if metric == "accuracy" else [0.1, 0.05]
+    for arch, sd, mean in zip(["rnn", "gru"], sds, means, strict=True):
+        run_id = write_run(client, exp_id, arch, params={"task_metric": metric}, tags={"harness.role": "trial"},
+                           metrics={f"best_val_{metric}": mean, f"best_val_{metric}_std": sd})
+        study.add_trial(create_trial(params={"model.arch": arch}, distributions=arch_dist, value=mean,
+                                     user_attrs={"mlflow_run_id": run_id}))
+    exp = validate({"name": "auto", "task": {"name": "digits"}, "model": {"arch": "rnn"},
+                    "sweep": {"seeds": 2, "repeat": "auto", "repeat_min": 2, "repeat_max": 4}})
+    plan = Plan(exp=exp, objectives=[Objective(f"val_{metric}", metric == "accuracy")], storage="", exp_id=exp_id,
+                parent_run="", n_trials=None, deadline=None, n_existing=0, metric=metric)
+    n, tags = auto_repeat(plan, study, client)
+    spreads = np.array(sds) / np.array(means) if metric == "mse" else np.array(sds)
+    margin = stats.margin_on_scale(metrics.margin(metric), metrics.scale(metric))  # the metric's default
+    wanted = stats.seeds_for(margin, math.sqrt(2 * np.mean(np.square(spreads))), 1)
+    assert n == min(max(wanted, 2), 4) == expected
+    assert tags["harness.repeat_wanted"] == str(wanted) and tags["harness.repeat_auto"] == str(n)
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("harness:")]
+    assert said.startswith(f"harness: repeat = auto: {n} final seeds (a difference of ") and f"asks for {wanted} seeds" in said
 
 
 def test_compare_pairs_two_studies_seed_by_seed(workdir):
-    tiny(workdir, "fp32", "repeat = 3")
-    tiny(workdir, "bf16", "repeat = 3", precision="bf16")
+    # Final runs written with known values (seeds 1000-1002): one architecture B clearly beats,
+    # one within half a point of A's on every seed, one too noisy to tell.
+    client = MlflowClient()
+    a = {"rnn": [0.80, 0.82, 0.81], "lstm": [0.900, 0.910, 0.920], "gru": [0.70, 0.75, 0.80]}
+    b = {"rnn": [0.85, 0.88, 0.86], "lstm": [0.901, 0.910, 0.921], "gru": [0.78, 0.72, 0.79]}
+    write_study(client, "fp32", a)
+    write_study(client, "bf16", b)
     assert main(["compare", "fp32", "bf16", "--out", "out"]) == 0
     text = Path("out/compare_fp32_vs_bf16.md").read_text()
-    client = MlflowClient()
-
-    def finals(name: str) -> dict[str, float]:
-        exp_id = client.get_experiment_by_name(name).experiment_id
-        return {r.data.params["train.seed"]: r.data.metrics["test_accuracy"] for r in client.search_runs([exp_id])
-                if r.data.tags.get("harness.role") == "final"}
-
-    a, b = finals("fp32"), finals("bf16")
-    assert sorted(a) == sorted(b) == ["1000", "1001", "1002"]
-    a, b = (np.array([side[s] for s in sorted(side)]) for side in (a, b))
-    diff = b - a
-    row = next(line for line in text.splitlines() if line.startswith("| rnn"))
-    mean = diff.mean()
-    assert f"{mean:+.3g} [" in row and " 3 " in row
-    if diff.std() > 0:
-        low, high = sp.t.interval(0.95, 2, mean, sp.sem(diff))
-        assert f"{mean:+.3g} [{low:+.3g}, {high:+.3g}]" in row
-        kind = "differs" if sp.ttest_rel(b, a).pvalue < 0.05 else "equivalent" if tost_by_hand(diff, 0.005) < 0.05 \
-            else "inconclusive"
-    else:
-        kind = "equivalent" if abs(mean) < 0.005 else "differs"
-    assert kind in row and "**rnn**" in text.split("\n\n")[1] and "speed" in text.split("\n\n")[1]
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = {cells[0]: dict(zip(header, cells, strict=True))
+            for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
+    diffs = {arch: np.subtract(b[arch], a[arch]) for arch in a}
+    p_diff = dict(zip(diffs, stats.holm([sp.ttest_rel(b[k], a[k]).pvalue for k in diffs]), strict=True))
+    p_tost = dict(zip(diffs, stats.holm([tost_by_hand(d, 0.005) for d in diffs.values()]), strict=True))
+    for arch, diff in diffs.items():
+        low, high = sp.t.interval(0.95, 2, diff.mean(), sp.sem(diff))
+        assert rows[arch]["B − A"] == f"{diff.mean():+.3g} [{low:+.3g}, {high:+.3g}]"
+        assert rows[arch]["shared seeds"] == "3" and float(rows[arch]["speed ratio (B/A)"]) == 1  # the same samples/s
+    assert p_diff["rnn"] < 0.05 and rows["rnn"]["verdict"] == "differs"
+    assert p_tost["lstm"] < 0.05 and rows["lstm"]["verdict"] == "equivalent within ± 0.005"
+    assert p_diff["gru"] >= 0.05 and p_tost["gru"] >= 0.05 and rows["gru"]["verdict"].startswith("inconclusive (detects")
+    assert "**rnn**" in text.split("\n\n")[1]
     # a study that is not there: one line, exit 2, nothing written
     assert main(["compare", "fp32", "nope", "--out", "out2"]) == 2
     assert not Path("out2").exists()

@@ -26,15 +26,58 @@ from harness.archs.recurrent import PER_STEP, as_sequence, head_flops, last_stat
 SCANS = ("parallel", "loop")  # the `scan` option of the scan families: the loop is the reference
 
 
-def _doubling(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hillis–Steele over dim 1: (h, P) with h_t = a_t h_{t−1} + b_t from h_0 = 0 and
-    P_t = a_1 ⋯ a_t, in ⌈log₂ T⌉ passes; pass k composes each step with the one 2^k before it."""
+def _doubling(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hillis–Steele over dim 1, without autograd: (h, P) with h_t = a_t h_{t−1} + b_t from
+    h_0 = 0 and P_t = a_1 ⋯ a_t, in ⌈log₂ T⌉ passes; pass k composes each step with the one 2^k
+    before it. `reverse`: h_t = a_t h_{t+1} + b_t from the end, P_t = a_t ⋯ a_T."""
+    a, b = a.clone(), b.clone()  # updated in place: each pass's right-hand side is computed first
     steps, offset = b.shape[1], 1
     while offset < steps:
-        b = torch.cat([b[:, :offset], torch.addcmul(b[:, offset:], a[:, offset:], b[:, :-offset])], 1)
-        a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], 1)
+        now, other = (slice(None, -offset), slice(offset, None)) if reverse else (slice(offset, None), slice(None, -offset))
+        b[:, now] = torch.addcmul(b[:, now], a[:, now], b[:, other])
+        a[:, now] = a[:, now] * a[:, other]
         offset *= 2
     return b, a
+
+
+def _chunked(a: torch.Tensor, b: torch.Tensor, chunk: int | None, reverse: bool = False) -> torch.Tensor:
+    """`_doubling`'s h chunk after chunk (from the last chunk when `reverse`), each chunk starting
+    from the state the one before it ended with: h = h_chunk + P ⊙ h_before."""
+    steps = b.shape[1]
+    if not chunk or chunk >= steps:
+        return _doubling(a, b, reverse)[0]
+    starts = range(0, steps, chunk)
+    outs, h = {}, None
+    for start in reversed(starts) if reverse else starts:
+        hs, prods = _doubling(a[:, start : start + chunk], b[:, start : start + chunk], reverse)
+        if h is not None:
+            hs = torch.addcmul(hs, prods, h.unsqueeze(1))
+        outs[start] = hs
+        h = hs[:, 0] if reverse else hs[:, -1]
+    return torch.cat([outs[start] for start in starts], 1)
+
+
+class _LinearScan(torch.autograd.Function):
+    """The scan with its backward written out, itself a scan run in reverse: with g_t = ∂L/∂h_t,
+    ∂L/∂b_t = g_t + ā_{t+1} ∂L/∂b_{t+1} and ∂L/∂a_t = ∂L/∂b_t ⊙ h̄_{t−1} (conjugates: PyTorch's
+    convention for complex tensors). Autograd through the doubling's slices instead allocated a
+    zero-filled full-size gradient for every slice of every pass: three quarters of a Mamba
+    step's time."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, chunk: int | None) -> torch.Tensor:
+        h = _chunked(a, b, chunk)
+        ctx.save_for_backward(a, h)
+        ctx.chunk = chunk
+        return h
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, h = ctx.saved_tensors
+        later = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], 1).conj()  # ā_{t+1}, none after the last step
+        grad_b = _chunked(later, g, ctx.chunk, reverse=True)
+        earlier = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1).conj()  # h̄_{t−1}, h_0 = 0
+        return grad_b * earlier, grad_b, None
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -43,20 +86,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, chunk: int | None = None) -> t
 
     Each chunk of `chunk` steps (all T when None) is scanned by doubling (`_doubling`): every step
     of the chunk at once, ⌈log₂ chunk⌉ element-wise passes instead of `chunk` dependent steps; a
-    chunk starts from the last state of the one before (h = h_chunk + P ⊙ h_prev). Chunks bound
-    the memory autograd keeps (each pass holds a (B, chunk, …) tensor); `chunk = 1` is a loop."""
-    a = a.expand_as(b)
-    steps = b.shape[1]
-    if not chunk or chunk >= steps:
-        return _doubling(a, b)[0]
-    outs, h = [], None
-    for start in range(0, steps, chunk):
-        hs, prods = _doubling(a[:, start : start + chunk], b[:, start : start + chunk])
-        if h is not None:
-            hs = torch.addcmul(hs, prods, h.unsqueeze(1))
-        outs.append(hs)
-        h = hs[:, -1]
-    return torch.cat(outs, 1)
+    chunk starts from the last state of the one before. Chunks bound the temporaries each pass
+    makes; `chunk = 1` is a loop. The backward is the same scan in reverse (`_LinearScan`)."""
+    return _LinearScan.apply(a.expand_as(b), b, chunk)
 
 
 def log_scan(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:

@@ -95,13 +95,32 @@ def detectable(sd_diff: float, n: int, comparisons: int = 1) -> float:
     return float(d * sd_diff)
 
 
+def paired_power(effect: float, n: int, alpha: float) -> float:
+    """The power of a two-sided paired t-test over `n` pairs at standardised effect `effect`:
+    statsmodels' TTestPower.power, computed with scipy's noncentral t, which stays finite where
+    statsmodels' returns NaN (large effects over few seeds)."""
+    df, nc = n - 1, effect * math.sqrt(n)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    # The lower tail as the upper tail of the mirrored distribution: nct.cdf(-c, df, nc) underflows to NaN.
+    return float(stats.nct.sf(critical, df, nc) + stats.nct.sf(critical, df, -nc))
+
+
 def seeds_for(difference: float, sd_diff: float, comparisons: int = 1) -> int:
-    """How many paired seeds detect a mean difference `difference` (on the metric's scale) with 80%
-    power at α = 0.05 split over `comparisons`."""
+    """How many paired seeds (at least 2) detect a mean difference `difference` (on the metric's
+    scale) with 80% power at α = 0.05 split over `comparisons`: the smallest n whose power reaches
+    80% (power grows with n: doubling, then bisection). statsmodels' solve_power gives the same n
+    but NaN where two or three seeds already suffice."""
     if not sd_diff > 0:
         return 2
-    n = TTestPower().solve_power(effect_size=difference / sd_diff, nobs=None, alpha=ALPHA / max(comparisons, 1), power=POWER)
-    return max(2, math.ceil(float(np.atleast_1d(n)[0])))
+    effect, alpha = difference / sd_diff, ALPHA / max(comparisons, 1)
+    high = 2
+    while paired_power(effect, high, alpha) < POWER:
+        high *= 2
+    low = high // 2  # below POWER (or 1, when two suffice)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if paired_power(effect, mid, alpha) >= POWER else (mid, high)
+    return max(high, 2)
 
 
 def margin_on_scale(margin: float, scale: str) -> float:
