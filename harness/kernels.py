@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.precision import autocast
+from harness.torch_private import TorchDispatchMode
 
 __all__ = ["kernel_path", "layer_kernel"]
 
@@ -44,7 +44,7 @@ class _OpNames(TorchDispatchMode):
         self.names: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func._overloadpacket.__name__)
+        self.names.add(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
 
 

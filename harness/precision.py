@@ -16,14 +16,10 @@ import contextlib
 import torch
 
 from harness.errors import HarnessError
+from harness.torch_private import native_bf16_cpu
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86: AVX-512 BF16 or AMX tiles)."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def check_precision(precision: str, device: torch.device) -> None:

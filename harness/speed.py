@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from harness.precision import autocast
+from harness.torch_private import onednn_linear
 
 # An epoch whose process CPU time is below this share of wall time × torch threads shared the
 # cores with other work: two busy neighbours on two cores slow a run 10-30×, not 2×.
@@ -154,7 +155,7 @@ def device_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     matmuls = [lambda: torch.mm(a, b, out=c)]
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
         a_, b_ = a.to_mkldnn(), b.to_mkldnn()  # oneDNN's own layout: no reorder inside the timing
-        matmuls.append(lambda: torch._C._nn.mkldnn_linear(a_, b_))
+        matmuls.append(lambda: onednn_linear(a_, b_))
     best = 0.0
     for matmul in matmuls:
         matmul()

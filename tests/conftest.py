@@ -114,3 +114,53 @@ def postgres(pg_binaries):
 def postgres_url(postgres, request) -> str:
     """A database of its own on the session's PostgreSQL server, named after the test module."""
     return postgres(request.module.__name__.rpartition(".")[2])
+
+
+# Small and fast: 256 MNIST-1D sequences, hidden size 8, nothing tracked beyond metrics.
+EXPERIMENT = """\
+# A tiny study for the sweep tests.
+name = "tiny"
+
+[task]
+name = "mnist1d"
+n_train = 256
+
+[model]
+arch = "gru"
+hidden_size = 8
+
+[train]
+epochs = 2
+batch_size = 64
+lr = 0.01
+
+[tracking]
+grad_stats_every = 0
+system_metrics = false
+checkpoint = false
+learning_curve = false
+gradflow = false
+mlflow_model = false
+
+[sweep]
+n_trials = 3
+sampler = "random"
+pruner = "none"
+seed = 0
+repeat = 0
+
+[sweep.space]
+"model.arch" = ["rnn", "gru"]
+"train.lr" = { low = 1e-3, high = 3e-2, log = true }
+
+[sweep.space_by_arch.rnn]
+"model.activation" = ["tanh", "relu"]
+"""
+
+
+@pytest.fixture
+def exp_file(workdir) -> Path:
+    """EXPERIMENT written into the test's working directory."""
+    path = workdir / "tiny.toml"
+    path.write_text(EXPERIMENT)
+    return path

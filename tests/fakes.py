@@ -1,5 +1,6 @@
 """Runs written straight into a real MLflow store with the params, metrics and tags harness's
-sweeps log: what the report and leaderboard tests read, with known values and no training."""
+sweeps log: what the report and leaderboard tests read, with known values and no training; and a
+callback that keeps the training loop's gradient records."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from harness.callbacks import Callback
 
 
 def write_run(client: MlflowClient, exp_id: str, name: str, *, params: dict[str, Any], tags: dict[str, Any],
@@ -50,3 +53,13 @@ def write_study(client, name, finals: dict[str, list[float]], *, metric="accurac
                 metrics = {f"test_{metric}": v, f"best_val_{metric}": v, "train_samples_per_s": 100.0 * (number + 1),
                            **({"clip_share": clip[arch]} if clip else {})}
                 write_run(client, exp_id, f"{arch}-{role}-{i}", params=params, tags=tags, metrics=metrics)
+
+
+class Records(Callback):
+    """The gradient records the training loop hands its callbacks, as (step, metrics)."""
+
+    def __init__(self):
+        self.records = []
+
+    def on_grad_stats(self, step, values):
+        self.records.append((step, values))

@@ -11,21 +11,11 @@ import torch
 from torch import nn
 
 from harness.archs import create_model
-from harness.callbacks import Callback
 from harness.config import TrainSettings
 from harness.gradients import Diverged, FiniteCheck, GradStats, grad_norm, group_of
 from harness.tasks import load_task
 from harness.train import fit
-
-
-class Records(Callback):
-    """The gradient records the loop hands its callbacks, as (step, metrics)."""
-
-    def __init__(self):
-        self.records = []
-
-    def on_grad_stats(self, step, values):
-        self.records.append((step, values))
+from tests.fakes import Records
 
 
 def recorded_step(model: nn.Module, x: torch.Tensor, loss_fn, y: torch.Tensor, clip_norm=None) -> dict[str, float]:

@@ -22,8 +22,9 @@ from harness.rerun import experiment_from_run, value_of
 from harness.sweep import run as sweep
 from harness.tasks import load_task
 from harness.train import flush_denormals
+from tests.conftest import EXPERIMENT
 from tests.test_cli import QUICK, SMALL
-from tests.test_sweep import EXPERIMENT, load
+from tests.test_sweep import load
 
 # Small and quick: 8×8 digits read row by row (8 steps), 256 training images, hidden size 8.
 TINY = [*SMALL, "--set", "task.name='digits'", "--set", "tracking.system_metrics=false"]

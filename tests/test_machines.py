@@ -25,8 +25,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.sweep.storage import with_driver
-from tests.conftest import REPO, free_port
-from tests.test_sweep import EXPERIMENT
+from tests.conftest import EXPERIMENT, REPO, free_port
 
 N_TRIALS = 4
 ASSIGNMENT = re.compile(r"[A-Z_]+=")  # a command line's leading VAR=value

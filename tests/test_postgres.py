@@ -14,8 +14,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.sweep.storage import with_driver
-from tests.conftest import free_port
-from tests.test_sweep import EXPERIMENT
+from tests.conftest import EXPERIMENT, free_port
 
 
 @pytest.mark.slow

@@ -25,19 +25,11 @@ from harness.sweep.objective import Objective, PruneOnSignal
 from harness.sweep.space import edges
 from harness.train import fit
 from tests.conftest import EXPERIMENTS
-from tests.test_sweep import EXPERIMENT, SLOW, load, runs_of, study_of, sweep_cmd, wait_for
+from tests.test_sweep import SLOW, load, runs_of, study_of, sweep_cmd, wait_for
 from tests.test_tracking import datasets
 
 GRID = ["--set", "sweep.sampler='grid'", "--set", "sweep.space_by_arch={}", "--set", "sweep.repeat=0",
         "--set", "sweep.space={'model.arch' = ['rnn', 'gru', 'lstm', 'mlp'], 'train.lr' = [0.003, 0.01]}"]
-
-
-@pytest.fixture
-def tiny(workdir):
-    """test_sweep's tiny study: MNIST-1D, 256 sequences, hidden size 8, rnn or gru."""
-    path = workdir / "tiny.toml"
-    path.write_text(EXPERIMENT)
-    return path
 
 
 def done_points() -> int:
@@ -52,9 +44,9 @@ def points(study: optuna.Study, state: TrialState = TrialState.COMPLETE) -> Coun
 
 
 @pytest.mark.slow
-def test_a_grid_with_two_workers_killed_and_resumed_runs_each_point_exactly_once(tiny, workdir):
+def test_a_grid_with_two_workers_killed_and_resumed_runs_each_point_exactly_once(exp_file, workdir):
     four = ["--set", "sweep.space={'model.arch' = ['rnn', 'gru'], 'train.lr' = [0.003, 0.01]}"]
-    cmd = sweep_cmd(tiny, "--jobs", "2", "--n-trials", "4", *GRID, *four, *SLOW)
+    cmd = sweep_cmd(exp_file, "--jobs", "2", "--n-trials", "4", *GRID, *four, *SLOW)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:  # kill the command once a point is done and the other worker's runs
         wait_for(lambda: done_points() >= 1, timeout=180, what="a grid point done")
@@ -75,8 +67,8 @@ def test_a_grid_with_two_workers_killed_and_resumed_runs_each_point_exactly_once
 
 
 @pytest.mark.slow
-def test_two_commands_at_once_train_each_final_configuration_and_seed_once(tiny, workdir):
-    cmd = sweep_cmd(tiny, "--n-trials", "2", "--repeat", "2")
+def test_two_commands_at_once_train_each_final_configuration_and_seed_once(exp_file, workdir):
+    cmd = sweep_cmd(exp_file, "--n-trials", "2", "--repeat", "2")
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outs = [p.communicate(timeout=600)[0] for p in (first, second)]
@@ -90,8 +82,8 @@ def test_two_commands_at_once_train_each_final_configuration_and_seed_once(tiny,
     assert all(s == ["1000", "1001"] for s in seeds.values()), seeds
 
 
-def test_seeds_in_the_search_are_nested_runs_and_the_objective_is_their_mean(tiny, workdir):
-    outcome = run(load(tiny, "sweep.n_trials=2", "sweep.seeds=2"), progress=False)
+def test_seeds_in_the_search_are_nested_runs_and_the_objective_is_their_mean(exp_file, workdir):
+    outcome = run(load(exp_file, "sweep.n_trials=2", "sweep.seeds=2"), progress=False)
     client = MlflowClient()
     trials = runs_of(role="trial")
     assert len(trials) == 2
@@ -180,8 +172,8 @@ def test_still_improving_looks_at_the_last_tenth_or_the_patience_and_at_the_curv
     assert not still_improving([0.5, 0.3, 0.3], best_epoch=2, window=1, maximize=False)  # flat: the cap did not bind
 
 
-def test_the_edge_warning_fires_when_the_best_is_the_last_grid_value(tiny, workdir):
-    exp = load(tiny, "name='edge'", "sweep.sampler='grid'", "sweep.space_by_arch={}", "sweep.repeat=0",
+def test_the_edge_warning_fires_when_the_best_is_the_last_grid_value(exp_file, workdir):
+    exp = load(exp_file, "name='edge'", "sweep.sampler='grid'", "sweep.space_by_arch={}", "sweep.repeat=0",
                "sweep.space={'model.arch' = ['gru'], 'train.lr' = [0.00001, 0.001, 0.03]}")
     outcome = run(exp, progress=False)
     best = outcome.study.best_trial.params["train.lr"]
@@ -236,8 +228,8 @@ def test_a_run_keeps_each_test_examples_metric(workdir, capsys):
     assert values.mean() == pytest.approx(r.data.metrics["test_accuracy"], abs=1e-6)
 
 
-def test_a_grid_gives_each_architecture_its_own_values(tiny, workdir):
-    exp = load(tiny, "sweep.sampler='grid'", "sweep.n_trials=10", "sweep.repeat=0",
+def test_a_grid_gives_each_architecture_its_own_values(exp_file, workdir):
+    exp = load(exp_file, "sweep.sampler='grid'", "sweep.n_trials=10", "sweep.repeat=0",
                "sweep.space={'model.arch' = ['rnn', 'gru']}",
                "sweep.space_by_arch={rnn = {'train.lr' = [0.001, 0.003]}, gru = {'train.lr' = [0.01]}}")
     outcome = run(exp, progress=False)
@@ -246,8 +238,8 @@ def test_a_grid_gives_each_architecture_its_own_values(tiny, workdir):
     assert all(t.state == TrialState.COMPLETE for t in outcome.study.trials)
 
 
-def test_per_architecture_lists_of_one_name_need_a_grid(tiny, workdir):
-    exp = load(tiny, "sweep.space_by_arch={rnn = {'train.lr' = [0.001, 0.003]}, gru = {'train.lr' = [0.01]}}")
+def test_per_architecture_lists_of_one_name_need_a_grid(exp_file, workdir):
+    exp = load(exp_file, "sweep.space_by_arch={rnn = {'train.lr' = [0.001, 0.003]}, gru = {'train.lr' = [0.01]}}")
     with pytest.raises(HarnessError, match=r"^sweep.space_by_arch: 'train.lr' lists other values for gru than for rnn"):
         run(exp, progress=False)
     assert not (workdir / "optuna.db").exists() and not runs_of_any()  # refused before anything was written
@@ -258,8 +250,8 @@ def runs_of_any() -> list:
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
-def test_an_integer_range_samples_integers(tiny, workdir):
-    exp = load(tiny, "sweep.n_trials=3", "sweep.space_by_arch={}",
+def test_an_integer_range_samples_integers(exp_file, workdir):
+    exp = load(exp_file, "sweep.n_trials=3", "sweep.space_by_arch={}",
                "sweep.space={'model.arch' = ['gru'], 'model.hidden_size' = { low = 4, high = 12, step = 4 }}")
     outcome = run(exp, progress=False)
     sizes = [t.params["model.hidden_size"] for t in outcome.study.trials]

@@ -27,55 +27,7 @@ from harness.sweep.objective import objectives, result_keys
 from harness.sweep.space import arch_choices
 from harness.sweep.storage import make_storage, masked, resolve_storage
 from harness.sweep.workers import Slot, is_gone, plan_slots, worker_id
-from tests.conftest import EXPERIMENTS
-
-# Small and fast: 256 MNIST-1D sequences, hidden size 8, nothing tracked beyond metrics.
-EXPERIMENT = """\
-# A tiny study for the sweep tests.
-name = "tiny"
-
-[task]
-name = "mnist1d"
-n_train = 256
-
-[model]
-arch = "gru"
-hidden_size = 8
-
-[train]
-epochs = 2
-batch_size = 64
-lr = 0.01
-
-[tracking]
-grad_stats_every = 0
-system_metrics = false
-checkpoint = false
-learning_curve = false
-gradflow = false
-mlflow_model = false
-
-[sweep]
-n_trials = 3
-sampler = "random"
-pruner = "none"
-seed = 0
-repeat = 0
-
-[sweep.space]
-"model.arch" = ["rnn", "gru"]
-"train.lr" = { low = 1e-3, high = 3e-2, log = true }
-
-[sweep.space_by_arch.rnn]
-"model.activation" = ["tanh", "relu"]
-"""
-
-
-@pytest.fixture
-def exp_file(workdir) -> Path:
-    path = workdir / "tiny.toml"
-    path.write_text(EXPERIMENT)
-    return path
+from tests.conftest import EXPERIMENT, EXPERIMENTS
 
 
 def load(path: Path, *sets: str):

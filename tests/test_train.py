@@ -24,6 +24,7 @@ from harness.runner import build
 from harness.sweep.space import suggest
 from harness.tasks import load_task
 from harness.train import evaluate, fit
+from tests.fakes import Records
 
 CPU = torch.device("cpu")
 
@@ -214,14 +215,6 @@ def test_callbacks_hear_gradient_records_before_their_epoch_and_a_prune_as_a_fai
     expected = [("grad", 1), ("grad", 4), ("grad", 8), ("epoch", 1), ("grad", 12), ("grad", 16), ("epoch", 2)]
     assert first.calls[1:] == [*expected, ("failure", "Pruned", 2)]
     assert second.calls[1:] == [*expected[:-1], ("failure", "Pruned", 2)]  # never saw epoch 2's end
-
-
-class Records(Callback):
-    def __init__(self):
-        self.records = []
-
-    def on_grad_stats(self, step, values):
-        self.records.append((step, values))
 
 
 def test_clipping_bounds_the_applied_gradient_and_leaves_smaller_ones_untouched():

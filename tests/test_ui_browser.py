@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from harness.report import write_report
 from harness.sweep import run
-from tests.conftest import REPO, free_port
+from tests.conftest import EXPERIMENT, REPO, free_port
 from tests.test_cli import ctrl_c_reaches_it, kill_all
-from tests.test_sweep import EXPERIMENT, load
+from tests.test_sweep import load
 
 CHROMIUM = shutil.which("chromium")
 
