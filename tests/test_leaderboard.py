@@ -41,7 +41,7 @@ STUDIES = {  # five studies over three families, the third lower-is-better; seed
 }
 
 
-def test_leaderboard_ranks_each_column_its_own_way_and_runs_friedman_as_scipy_does(workdir):
+def test_leaderboard_ranks_each_column_its_own_way_and_runs_friedman_as_scipy_does(store):
     client = MlflowClient()
     for name, (finals, maximize) in STUDIES.items():
         write_study(client, name, finals, metric="accuracy" if maximize else "mse", maximize=maximize)
@@ -75,7 +75,7 @@ def test_leaderboard_ranks_each_column_its_own_way_and_runs_friedman_as_scipy_do
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).shape[0] > 50
 
 
-def test_a_leaderboard_of_fewer_than_five_studies_says_why_there_is_no_friedman_test(workdir):
+def test_a_leaderboard_of_fewer_than_five_studies_says_why_there_is_no_friedman_test(store):
     client = MlflowClient()
     for name in ("a", "c"):
         finals, maximize = STUDIES[name]
@@ -85,17 +85,17 @@ def test_a_leaderboard_of_fewer_than_five_studies_says_why_there_is_no_friedman_
     assert not Path("out/leaderboard_cd.png").exists()
 
 
-def test_friedman_keeps_the_studies_that_ran_every_family_and_never_runs_on_two(workdir, monkeypatch):
+def test_friedman_keeps_the_studies_that_ran_every_family_and_never_runs_on_two(store, monkeypatch):
     client = MlflowClient()
     for name, (finals, maximize) in STUDIES.items():  # five studies of RNN, LSTM, GRU …
         write_study(client, name, finals, metric="accuracy" if maximize else "mse", maximize=maximize)
     write_study(client, "f", {"rnn": [0.1, 0.2, 0.3], "brnn": [0.5, 0.6, 0.7]})  # … and one of RNN and BRNN
     text = write_leaderboard("out").read_text()
     assert "Friedman test over the 5 studies that all ran RNN, LSTM, GRU" in text and "(f left out" in text
-    two = MlflowClient(f"sqlite:///{workdir / 'two.db'}")
+    two = MlflowClient(f"sqlite:///{store / 'two.db'}")
     for name in "abcde":  # two families only: autorank would run a Wilcoxon test, not Friedman's
         write_study(two, name, {arch: STUDIES[name][0][arch] for arch in ("rnn", "lstm")})
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'two.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'two.db'}")
     text = write_leaderboard("two").read_text()
     assert "No Friedman test" in text and "three or more families" in text
 
@@ -115,7 +115,7 @@ def test_report_and_leaderboard_errors_are_one_line(workdir, capsys):
     assert not Path("reports").exists()  # nothing half-written
 
 
-def test_a_failed_generation_leaves_the_previous_report_whole(workdir, monkeypatch):
+def test_a_failed_generation_leaves_the_previous_report_whole(store, monkeypatch):
     client = MlflowClient()
     write_study(client, "a", STUDIES["a"][0])
     path = write_report("a", "out")
@@ -131,7 +131,7 @@ def test_a_failed_generation_leaves_the_previous_report_whole(workdir, monkeypat
     assert path.read_text().startswith("# Study `a`")
 
 
-def test_the_headline_answers_with_the_verdicts(workdir):
+def test_the_headline_answers_with_the_verdicts(store):
     client = MlflowClient()
     write_study(client, "won", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]})
     write_study(client, "open", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.90, 0.95, 0.93], "gru": [0.93, 0.95, 0.94]})
@@ -150,7 +150,7 @@ def test_the_headline_answers_with_the_verdicts(workdir):
     assert "LSTM 0.9399 is equivalent to it within ± 0.005 (TOST, Holm-corrected); RNN 0.51 is worse" in same
 
 
-def test_an_architecture_without_a_finished_final_run_keeps_its_row(workdir):
+def test_an_architecture_without_a_finished_final_run_keeps_its_row(store):
     client = MlflowClient()
     write_study(client, "a", STUDIES["a"][0])
     exp_id = client.get_experiment_by_name("a").experiment_id
@@ -244,7 +244,7 @@ def test_real_studies_give_full_reports_one_colour_per_family_and_a_leaderboard(
         assert rows[best][col].startswith("**"), (study, values)
 
 
-def test_a_comparison_that_is_not_yet_fair_is_provisional_and_says_what_would_make_it_fair(workdir):
+def test_a_comparison_that_is_not_yet_fair_is_provisional_and_says_what_would_make_it_fair(store):
     client = MlflowClient()
     write_study(client, "unfair", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]})
     exp_id = client.get_experiment_by_name("unfair").experiment_id
@@ -271,7 +271,7 @@ def test_a_comparison_that_is_not_yet_fair_is_provisional_and_says_what_would_ma
                        "validation 0.93, the earliest kept).")
 
 
-def test_studies_of_three_and_four_families_rank_on_one_scale_and_one_family_studies_stand_apart(workdir):
+def test_studies_of_three_and_four_families_rank_on_one_scale_and_one_family_studies_stand_apart(store):
     client = MlflowClient()
     write_study(client, "three", {"rnn": [0.50, 0.52, 0.51], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]})
     write_study(client, "four", {"rnn": [0.40, 0.42, 0.41], "lstm": [0.90, 0.91, 0.92], "gru": [0.70, 0.72, 0.71],
@@ -287,7 +287,7 @@ def test_studies_of_three_and_four_families_rank_on_one_scale_and_one_family_stu
     assert "[alone](alone.md)" in alone and "LSTM" in alone and "accuracy 0.86" in alone
 
 
-def test_a_family_at_the_tasks_baseline_did_not_learn_and_is_not_ranked_as_worse(workdir):
+def test_a_family_at_the_tasks_baseline_did_not_learn_and_is_not_ranked_as_worse(store):
     client = MlflowClient()
     write_study(client, "blind", {"rnn": [0.12, 0.125, 0.13], "lstm": [0.80, 0.83, 0.81], "gru": [0.93, 0.95, 0.94]},
                 baseline=0.125)
@@ -308,7 +308,7 @@ def test_a_family_at_the_tasks_baseline_did_not_learn_and_is_not_ranked_as_worse
     assert rows["RNN"][col].startswith("∅ ") and rows["GRU"][col].startswith("**")
 
 
-def test_the_headline_notes_sizes_far_apart_and_a_clip_that_bound_on_most_steps(workdir):
+def test_the_headline_notes_sizes_far_apart_and_a_clip_that_bound_on_most_steps(store):
     client = MlflowClient()
     write_study(client, "sized", {"rnn": [0.50, 0.52, 0.51], "gru": [0.93, 0.95, 0.94]}, sizes={"rnn": 4938, "gru": 13514},
                 clip={"rnn": 0.83, "gru": 0.1})

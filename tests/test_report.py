@@ -41,7 +41,7 @@ FINALS = {"bigru": [0.93, 0.96, 0.97], "lstm": [0.90, 0.92, 0.94], "rnn": [0.50,
 
 
 @pytest.fixture
-def study(workdir):
+def study(store):
     client = MlflowClient()
     exp_id = client.create_experiment("s")
     study_run(client, exp_id, "s", **{"harness.edges": "rnn: best train.lr = 0.01 is the highest of [0.001, 0.01]"})
@@ -66,7 +66,7 @@ def study(workdir):
          **{"harness.config": "c-lstm", "harness.source_trial": 1})
     _run(client, exp_id, "lstm-final-old", arch="lstm", role="final", val=0.2, test=0.10, seed=1003,
          **{"harness.config": "c-old", "harness.source_trial": 0})
-    return workdir
+    return store
 
 
 def table(text: str, section: str) -> list[list[str]]:
@@ -273,7 +273,7 @@ def test_unknown_study_and_missing_store(workdir):
         write_report("s")
 
 
-def test_a_study_whose_every_trial_diverged_reports_dashes_and_no_warning(workdir):
+def test_a_study_whose_every_trial_diverged_reports_dashes_and_no_warning(store):
     import warnings
 
     client = MlflowClient()
@@ -289,7 +289,7 @@ def test_a_study_whose_every_trial_diverged_reports_dashes_and_no_warning(workdi
     assert {c[0]: c[1:] for c in table(text, "Trials that did not finish")} == {"lstm": ["1"], "rnn": ["1"]}
 
 
-def test_trials_that_all_scored_the_same_get_a_report_without_importances(workdir):
+def test_trials_that_all_scored_the_same_get_a_report_without_importances(store):
     """fANOVA refuses a target with no variance (every trial at chance, say): the report leaves the
     importances out instead of failing."""
     client = MlflowClient()

@@ -125,7 +125,7 @@ def test_seeds_for_is_statsmodels_power_calculation():
     ([0.0001, 0.0001], "accuracy", 2),   # near-identical seeds: two suffice (statsmodels' solver gives NaN here)
     ([0.002, 0.001], "mse", 3),          # a log-scale metric: the sd relative to the mean (2% each)
 ])
-def test_repeat_auto_asks_as_many_final_seeds_as_the_power_calculation(workdir, capsys, sds, metric, expected):
+def test_repeat_auto_asks_as_many_final_seeds_as_the_power_calculation(store, capsys, sds, metric, expected):
     # The search's two architectures, each best trial a seed-group run whose sd over its 2 seeds is known.
     client = MlflowClient()
     exp_id = client.create_experiment("auto")
@@ -151,7 +151,7 @@ def test_repeat_auto_asks_as_many_final_seeds_as_the_power_calculation(workdir, 
     assert said.startswith(f"harness: repeat = auto: {n} final seeds (a difference of ") and f"asks for {wanted} seeds" in said
 
 
-def test_compare_pairs_two_studies_seed_by_seed(workdir):
+def test_compare_pairs_two_studies_seed_by_seed(store):
     # Final runs written with known values (seeds 1000-1002): one architecture B clearly beats,
     # one within half a point of A's on every seed, one too noisy to tell.
     client = MlflowClient()
