@@ -32,6 +32,15 @@ class _Parser(argparse.ArgumentParser):
         raise HarnessError(f"{message}; see {self.prog} --help")
 
 
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers or auto") from None
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
@@ -70,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                                       "or a journal file journal:PATH / *.log for many processes on one machine")
     sw.add_argument("--devices", type=lambda s: [d.strip() for d in s.split(",") if d.strip()], metavar="LIST",
                     help="cpu, mps, cuda (every GPU) or cuda:0,cuda:1 (default: every visible GPU, else cpu)")
-    sw.add_argument("--jobs", type=int, help="worker processes per device; on CPU they split the cores (sweep.jobs)")
+    sw.add_argument("--jobs", type=_jobs, help="worker processes per device, or auto: one on a CPU (they split its cores), "
+                    "as many as fit on a GPU (sweep.jobs)")
     sw.add_argument("--repeat", type=_repeat, metavar="K", help="re-train each architecture's best trial with K fresh seeds, "
                     "or auto: as many as the report's margin needs (sweep.repeat)")
     sw.add_argument("--sampler", choices=["tpe", "random", "grid", "qmc", "nsga2"])

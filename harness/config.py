@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -184,7 +184,8 @@ class SweepSettings(_Section):
     # unset: optuna.db in the working directory.
     storage: str | None = None
     devices: list[str] = []  # cpu, mps, cuda, cuda:N; empty: train.device, or every visible GPU
-    jobs: int = Field(default=1, gt=0)  # worker processes per device
+    # Worker processes per device; "auto": one on a CPU, as many as fit on a GPU (harness.sweep.capacity).
+    jobs: Literal["auto"] | PositiveInt = "auto"
     # Train each configuration with this many seeds (train.seed, +1, …); the objective is their mean.
     seeds: int = Field(default=1, gt=0)
     # Re-train each architecture's best configuration with this many fresh seeds, the same for every
@@ -210,6 +211,13 @@ class SweepSettings(_Section):
     def _repeat(cls, v: Any) -> Any:
         if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise ValueError('a number of seeds (0 or more) or "auto"')
+        return v
+
+    @field_validator("jobs", mode="before")
+    @classmethod
+    def _jobs(cls, v: Any) -> Any:
+        if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError('a number of workers per device (1 or more) or "auto"')
         return v
 
     @model_validator(mode="after")

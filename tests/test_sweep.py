@@ -77,7 +77,7 @@ def test_a_sweep_over_the_modern_families_runs_each_and_logs_its_kernel(exp_file
 def test_cli_flags_override_the_file_and_unset_flags_override_nothing(exp_file):
     args = _parser().parse_args(["sweep", str(exp_file)])
     exp = _sweep_experiment(args)
-    assert (exp.name, exp.sweep.n_trials, exp.sweep.sampler, exp.sweep.pruner, exp.sweep.jobs) == ("tiny", 3, "random", "none", 1)
+    assert (exp.name, exp.sweep.n_trials, exp.sweep.sampler, exp.sweep.pruner, exp.sweep.jobs) == ("tiny", 3, "random", "none", "auto")
     assert exp.sweep.storage is None and exp.sweep.devices == [] and exp.sweep.repeat == 0 and Experiment().sweep.repeat == 5
 
     args = _parser().parse_args([
@@ -160,6 +160,7 @@ def test_devices_plan_slots_and_threads(monkeypatch):
         plan_slots(["cuda:7"], 1)
     with pytest.raises(HarnessError, match="sweep.jobs"):
         plan_slots(["cpu"], 0)
+    assert len(plan_slots(["cpu"], "auto")[0]) == 1  # "auto" on a CPU: one worker, torch's threads
 
     # A spawned worker bound to cuda:1 sees one GPU; the user's own mask is kept.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")

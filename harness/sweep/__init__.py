@@ -60,6 +60,7 @@ from harness.locks import store_lock
 from harness.mlflow_store import find_runs, get_client, set_tags
 from harness.precision import check_precision
 from harness.sweep import grid, workers
+from harness.sweep.capacity import size_slots
 from harness.sweep.counting import SURPLUS, interrupted
 from harness.sweep.finals import FinalRun, auto_repeat, best_per_arch, run_finals
 from harness.sweep.objective import Objective, Plan, objectives
@@ -154,6 +155,7 @@ def run(
     task = shared_task(exp.task.name, **exp.task.options())
     objs = objectives(exp, task)
     check_space(exp, task)
+    slots, sized = size_slots(slots, exp)  # each GPU's workers against its memory
     sampler = make_sampler(exp, len(objs) > 1)
     check_tracking(exp.name)
     quiet_optuna()
@@ -172,8 +174,9 @@ def run(
         set_tags(client, parent, {"harness.margin": "" if exp.report.margin is None else str(exp.report.margin)})
         # The splits' dataset rows, made once here: workers starting together then only link them.
         client.log_inputs(parent, datasets=dataset_inputs(task, task.split_hashes()))
-    if notice:  # after the checks: a bad input's error stays the one line printed
-        print(f"harness: {notice}", file=sys.stderr)
+    for line in (notice, sized):  # after the checks: a bad input's error stays the one line printed
+        if line:
+            print(f"harness: {line}", file=sys.stderr)
     status, pareto, finals, edge = "FAILED", [], [], []
     started = time.monotonic()
     try:

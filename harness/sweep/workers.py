@@ -80,11 +80,13 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def plan_slots(devices: list[str], jobs: int, train_device: str = "auto") -> tuple[list[Slot], str | None]:
-    """Slots for `devices` (empty: `train.device`, or every visible GPU) × `jobs` workers each.
+def plan_slots(devices: list[str], jobs: int | str, train_device: str = "auto") -> tuple[list[Slot], str | None]:
+    """Slots for `devices` (empty: `train.device`, or every visible GPU) × `jobs` workers each
+    ("auto": one each; harness.sweep.capacity then sizes each GPU's from its memory).
 
     Returns the slots and a notice to show (the CPU fallback), or None.
     """
+    jobs = 1 if jobs == "auto" else jobs
     if jobs < 1:
         raise HarnessError(f"sweep.jobs: must be at least 1 (got {jobs}); --jobs N runs N workers per device")
     notice = None
@@ -115,9 +117,16 @@ def plan_slots(devices: list[str], jobs: int, train_device: str = "auto") -> tup
         fit = max(1, cpu_count() // len(names))
         raise HarnessError(f"sweep.jobs: {jobs} worker{'s' * (jobs > 1)} per device × {len(names)} device{'s' * (len(names) > 1)} "
                            f"is {n} processes for {cpu_count()} CPU cores; use --jobs {fit} or fewer")
+    return make_slots(dict.fromkeys(names, jobs)), notice
+
+
+def make_slots(counts: dict[str, int]) -> list[Slot]:
+    """`counts[device]` slots per device, numbered round-robin over the devices; the CPU cores
+    split evenly among all of them (torch threads)."""
+    n = sum(counts.values())
     threads = max(1, cpu_count() // n) if n > 1 else None
-    slots = [Slot(i * len(names) + j, d, threads) for i in range(jobs) for j, d in enumerate(names)]
-    return slots, notice
+    order = [d for i in range(max(counts.values(), default=0)) for d in counts if i < counts[d]]
+    return [Slot(i, d, threads) for i, d in enumerate(order)]
 
 
 def _boot() -> str:
