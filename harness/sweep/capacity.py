@@ -12,6 +12,7 @@ arithmetic takes any `DeviceMemory`, so it is tested without a GPU.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from harness.config import Experiment
@@ -102,7 +103,7 @@ def step_bytes(exps: list[Experiment], device: str) -> int:
 
     from harness import runner
     from harness.precision import autocast
-    from harness.train import make_optimizer
+    from harness.train import call, cut, make_optimizer
 
     dev = torch.device(device)
     peak = 0
@@ -112,11 +113,11 @@ def step_bytes(exps: list[Experiment], device: str) -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         n = exp.train.batch_size
-        x, y = task.x_train[:n].to(dev), task.y_train[:n].to(dev)
         lengths = None if task.len_train is None else task.len_train[:n].to(dev)
+        x, y = cut(task, task.x_train[:n].to(dev), task.y_train[:n].to(dev), lengths)  # as the loop batches
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], exp.train)
         with autocast(dev, exp.train.precision):
-            out = model(x) if lengths is None else model(x, lengths=lengths)
+            out = call(model, x, lengths)
         task.loss_fn(out.float(), y).backward()
         opt.step()
         torch.cuda.synchronize(dev)
@@ -134,12 +135,12 @@ def size_slots(slots: list[Slot], exp: Experiment) -> tuple[list[Slot], str | No
         return slots, None
     need = worker_bytes(step_bytes(largest(exp), gpus[0]))  # the same models on every GPU
     memories = {d: device_memory(d) for d in gpus}  # after this process made its own context
-    counts = {d: sum(s.device == d for s in slots) for d in gpus}
+    planned = Counter(s.device for s in slots)  # in the slots' order
+    counts = {d: planned[d] for d in gpus}
     line = None
     if exp.sweep.jobs == "auto":
         counts = auto_counts(memories, need)
         line = "sweep.jobs = auto: " + ", ".join(
             f"{n} worker{'s' * (n > 1)} on {d} ({gib(need)} each, {gib(memories[d].free)} free)" for d, n in counts.items())
     check_fit(counts, memories, need)
-    others = {s.device: sum(t.device == s.device for t in slots) for s in slots if s.device not in counts}
-    return make_slots({**others, **counts}), line
+    return make_slots({**planned, **counts}), line
