@@ -4,8 +4,12 @@
 # (the reports name the commit they ran at), on the machine the reports should describe, with
 # nothing else running (speeds are measured). Runs go to runs/ (ignored by git): a fresh MLflow
 # store and Optuna storage, so every report holds this commit's runs only.
-#   reports/regenerate.sh            # every study, about four hours on a 2-core CPU
-#   reports/regenerate.sh quickstart # some studies; the leaderboard covers whatever runs/ holds
+#   reports/regenerate.sh            # every study, about 4.5 hours on a 2-core CPU
+#   reports/regenerate.sh quickstart # some studies; the leaderboard covers what runs/ holds and the
+#                                    # entries (reports/<study>.json) of studies run at the same code
+# A few studies at a time, over several sittings: run this in a worktree held at one commit, then
+# from the newest checkout `MLFLOW_TRACKING_URI=sqlite:///<worktree>/runs/mlflow.db harness report --all`
+# writes their reports and entries beside the earlier ones and the leaderboard over all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "$(git status --porcelain -- harness experiments pyproject.toml)" ]; then

@@ -4,7 +4,10 @@ runs written here with known values where the statistics are checked, real sweep
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import matplotlib.colors
@@ -98,6 +101,55 @@ def test_friedman_keeps_the_studies_that_ran_every_family_and_never_runs_on_two(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'two.db'}")
     text = write_leaderboard("two").read_text()
     assert "No Friedman test" in text and "three or more families" in text
+
+
+def commits(repo: Path) -> list[str]:
+    """Three commits of a git repository in `repo`: the first, one that changes only docs (the same
+    harness code), one that changes harness/."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    out = []
+    for path, text in (("harness/train.py", "one loop"), ("docs/x.md", "a doc"), ("harness/train.py", "another loop")):
+        (repo / path).parent.mkdir(exist_ok=True)
+        (repo / path).write_text(text)
+        git("add", path)
+        git("commit", "-q", "-m", path)
+        out.append(git("rev-parse", "HEAD"))
+    return out
+
+
+def test_studies_of_another_store_join_from_their_entries_only_when_they_ran_the_same_code(store, empty_store, monkeypatch):
+    first, docs_only, changed = commits(store)
+    one = MlflowClient()
+    for name, commit in (("a", first), ("e", changed)):
+        finals, maximize = STUDIES[name]
+        write_study(one, name, finals, commit=commit)
+        write_report(name, "out")  # each report leaves its entry, out/<name>.json
+    solo = write_leaderboard("solo").read_text()  # from the store itself: a ranked, e apart (another harness/)
+    alone = board_cells(solo)
+    assert [h for h in alone[0] if h.startswith("[")][0].startswith("[a]") and "`e` (ran at harness commit" in solo
+    shutil.copy(empty_store, store / "two.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'two.db'}")
+    two = MlflowClient()
+    write_study(two, "b", STUDIES["b"][0], commit=docs_only)
+    write_study(two, "c", STUDIES["c"][0], metric="mse", maximize=False, commit=first)
+    Path("out/old.md").write_text("# Study `old`\n\nA report from before entries.\n")
+    Path("out/junk.json").write_text("{}")
+    text = write_leaderboard("out").read_text()
+    header, rows = board_cells(text)
+    studies = [h.split("]")[0].lstrip("[") for h in header if h.startswith("[")]
+    assert studies == ["a", "b", "c"]  # a from its entry (same code as b's and c's commits); e's harness/ differs
+    col, solo_col = header.index(next(h for h in header if h.startswith("[a]"))), alone[0].index(next(h for h in alone[0] if h.startswith("[a]")))
+    assert {f: r[col] for f, r in rows.items()} == {f: r[solo_col] for f, r in alone[1].items()}  # the entry keeps the cells
+    left = text.split("Left out: ")[1]
+    assert f"`e` (ran at harness commit `{changed[:7]}`, whose `harness/` differs" in left
+    assert "`old` (its report has no leaderboard entry" in left and "`junk.json` (not a leaderboard entry" in left
+    assert f"ran at harness commits `{min(first[:7], docs_only[:7])}`, `{max(first[:7], docs_only[:7])}`" in text
+    entry = json.loads(Path("out/a.json").read_text())
+    assert entry["commit"] == first and {r["family"] for r in entry["rows"]} == {"RNN", "LSTM", "GRU"}
 
 
 def test_report_and_leaderboard_errors_are_one_line(workdir, capsys):
@@ -220,6 +272,8 @@ def test_real_studies_give_full_reports_one_colour_per_family_and_a_leaderboard(
     assert hashlib.sha256(digits.read_bytes()).hexdigest()[:16] in repro and "torch / MLflow / Optuna / Python" in repro
     refs = text.split("## Published references")[1].split("## ")[0]
     assert "| GRU " in refs and "Made-up et al. 2026, table 1" in refs and "0.5 " in refs
+    entry = json.loads(Path("out/dig.json").read_text())  # the leaderboard's entry, with the commit the report names
+    assert {r["family"] for r in entry["rows"]} == {"RNN", "LSTM", "GRU"} and f"`{entry['commit']}`" in repro
 
     # one colour per family, the same in both reports: every line, band and point labelled with an
     # architecture (a leading _ keeps bands and strips out of legends) is drawn in its family's colour

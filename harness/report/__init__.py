@@ -8,8 +8,9 @@ report, in order: a headline answering the study's question from the numbers; th
 equivalent or inconclusive; at what cost: size, FLOPs, speed, kernel; why: best epoch,
 budget-limited, gradient-flow rate; and the search's trial counts); the plots; the search's best
 trials; the trials that did not finish; published references beside harness's numbers; and how to
-reproduce it. `runs` reads MLflow, `study` and `stats` compute, `tables` and `plots` render, this
-module writes the markdown. Files are written beside the old ones and renamed over them at the
+reproduce it. Beside it, `<study>.json`: its leaderboard entry (harness.report.leaderboard).
+`runs` reads MLflow, `study` and `stats` compute, `tables` and `plots` render, this module writes
+the markdown. Files are written beside the old ones and renamed over them at the
 end, so a generation that fails leaves the previous report whole. The one thing written back to
 MLflow: once the report is written, the headline becomes the study run's description
 (`mlflow.note.content`), so the UI answers the study's question where the runs are.
@@ -274,6 +275,8 @@ def write_all(out_dir: str | Path = "reports") -> list[Path]:
 
 
 def _write(s: studies.Study, out: Path, client) -> Path:
+    from harness.report import leaderboard
+
     study = s.name
     counts = state(s.runs).value_counts()
     states = counts.reindex([k for k in ("complete", "pruned", "failed", "interrupted") if k in counts] +
@@ -317,6 +320,7 @@ def _write(s: studies.Study, out: Path, client) -> Path:
             lines += ["## Published references", "", references_md(s), ""]
         lines += ["## Reproduction", "", *reproduction(s), ""]
         (tmp / f"{study}.md").write_text("\n".join(lines))
+        (tmp / f"{study}.json").write_text(leaderboard.dumps(leaderboard.entry(s)))  # for leaderboards of other stores
     if s.tags.get("_run_id") and s.tags.get(MLFLOW_RUN_NOTE) != answer:  # in step with the report, written once
         client.set_tag(s.tags["_run_id"], MLFLOW_RUN_NOTE, answer)
     return out / f"{study}.md"

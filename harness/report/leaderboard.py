@@ -10,13 +10,23 @@ ranks averaged; over the studies every compared family ran, a Friedman test with
 post-hoc test and its critical-difference diagram (Demšar 2006), as `autorank` computes and
 draws them. A second table gives training speed, its share of the device's peak and the kernel,
 family × study.
+
+Each study's report leaves its leaderboard entry beside it (`<study>.json`: the cells above and
+the harness commit its sweep ran at), so a leaderboard also takes studies whose runs are in another
+store (another machine, an earlier session) from their entries. It ranks only studies that ran the
+same harness code: the commit, or commits whose `harness/` outside `harness/report/` git finds
+identical. The rest are named, with how to bring them in (run them again).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import json
+import subprocess
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from harness.config import tracking_uri
 from harness.errors import HarnessError
 from harness.families import ordered
+from harness.provenance import PREFIX
 from harness.report import caveats, md, staged
 from harness.report import study as studies
 
@@ -40,27 +51,100 @@ def study_names(client: MlflowClient) -> list[str]:
     return sorted(names)
 
 
-def scores(loaded: list[studies.Study]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+@dataclass(eq=False)
+class Entry:
+    """One study as the leaderboard ranks it, what `<study>.json` keeps."""
+    name: str
+    task: str
+    metric: str
+    maximize: bool
+    provisional: bool  # its comparison was not yet fair (harness.report.caveats)
+    commit: str  # the harness commit its sweep ran at ("" when the runs do not record it)
+    rows: pd.DataFrame  # by family: test (the final runs' mean), mark (≈, ? or ""), and COLUMNS
+
+
+COLUMNS = ["95% interval", "seeds", "train samples/s", "peak fraction", "kernel"]
+
+
+def entry(s: studies.Study) -> Entry:
+    """The leaderboard's entry for a study read from the store: each family's best architecture."""
+    rows = s.verdict_rows()
+    table = pd.DataFrame({"test": rows[f"test {s.metric}"],
+                          "mark": [getattr(v, "mark", "") for v in rows["verdict"]],
+                          **{c: rows[c] for c in COLUMNS if c in rows}}, index=rows.index) if not rows.empty else \
+        pd.DataFrame(columns=["test", "mark", *COLUMNS])
+    return Entry(s.name, s.task, s.metric, s.maximize, bool(caveats(s)), s.tags.get(PREFIX + "git_commit", ""), table)
+
+
+def dumps(e: Entry) -> str:
+    rows = e.rows.rename_axis("family").reset_index().astype(object)
+    return json.dumps({"study": e.name, "task": e.task, "metric": e.metric, "maximize": e.maximize,
+                       "provisional": e.provisional, "commit": e.commit,
+                       "rows": rows.where(rows.notna(), None).to_dict(orient="records")},
+                      indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+
+
+def load_entry(path: Path) -> Entry:
+    """Raises OSError, ValueError, KeyError or TypeError when `path` is not an entry."""
+    d = json.loads(path.read_text())
+    rows = pd.DataFrame(d["rows"], columns=["family", "test", "mark", *COLUMNS]).set_index("family")
+    rows["test"] = rows["test"].astype(float)
+    return Entry(d["study"], d["task"], d["metric"], bool(d["maximize"]), bool(d["provisional"]), d["commit"] or "", rows)
+
+
+@functools.cache
+def same_code(a: str, b: str) -> bool:
+    """Whether two harness commits measure with the same code: equal, or git (run where the report
+    is written) finds `harness/` outside `harness/report/` identical. A commit with uncommitted
+    changes (`+dirty`) or one git does not know matches only itself."""
+    if a == b:
+        return True
+    if not a or not b or a.endswith("+dirty") or b.endswith("+dirty"):
+        return False
+    try:
+        diff = subprocess.run(["git", "diff", "--quiet", a, b, "--", "harness", ":(exclude)harness/report"],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return diff.returncode == 0
+
+
+def one_code(current: list[Entry], earlier: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """(the entries to rank, the rest): those that ran the same code as most of the store's studies
+    (with none in the store, as most entries), sorted by name."""
+    groups: list[list[Entry]] = []
+    for e in current + earlier:
+        group = next((g for g in groups if same_code(g[0].commit, e.commit)), None)
+        if group is None:
+            groups.append([e])
+        else:
+            group.append(e)
+    if not groups:
+        return [], []
+    chosen = max(groups, key=lambda g: (sum(e in current for e in g), len(g)))
+    return sorted(chosen, key=lambda e: e.name), [e for g in groups if g is not chosen for e in g]
+
+
+def scores(entries: list[Entry]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(mean, cell text, speed text) tables, families × the studies that compared two or more families."""
     mean, cell, speed = {}, {}, {}
-    for s in loaded:
-        rows = s.verdict_rows()
+    for e in entries:
+        rows = e.rows
         if len(rows) < 2:
             continue
-        test = f"test {s.metric}"
-        best = rows[test].idxmax() if s.maximize else rows[test].idxmin()
-        mean[s.name] = rows[test]
+        best = rows["test"].idxmax() if e.maximize else rows["test"].idxmin()
+        mean[e.name] = rows["test"]
         texts = {}
         for fam, r in rows.iterrows():
-            interval = f" [{r['95% interval'].replace(' – ', ', ')}]" if r["95% interval"] != "—" else ""
-            text = f"{r[test]:.4g}{interval}"
+            interval = f" [{r['95% interval'].replace(' – ', ', ')}]" if r["95% interval"] not in ("—", None) else ""
+            text = f"{r['test']:.4g}{interval}"
             if fam == best:
                 text = f"**{text}**"
-            elif getattr(r["verdict"], "mark", ""):
-                text = f"{r['verdict'].mark} {text}"
+            elif r["mark"]:
+                text = f"{r['mark']} {text}"
             texts[fam] = text
-        cell[s.name] = pd.Series(texts)
-        speed[s.name] = pd.Series({fam: _speed_cell(r) for fam, r in rows.iterrows()})
+        cell[e.name] = pd.Series(texts)
+        speed[e.name] = pd.Series({fam: _speed_cell(r) for fam, r in rows.iterrows()})
     frames = [pd.DataFrame(d) for d in (mean, cell, speed)]
     order = ordered(set().union(*(f.index for f in frames)))
     return tuple(f.reindex(order) for f in frames)
@@ -68,22 +152,21 @@ def scores(loaded: list[studies.Study]) -> tuple[pd.DataFrame, pd.DataFrame, pd.
 
 def _speed_cell(r: pd.Series) -> str | None:
     """Training samples/s, with the share of the peak and the kernel that set it."""
-    if pd.isna(r["train samples/s"]):
+    if pd.isna(r.get("train samples/s")):
         return None
-    extra = [f"{r['peak fraction']:.2f}" if pd.notna(r["peak fraction"]) else None, r.get("kernel") or None]
+    extra = [f"{r['peak fraction']:.2f}" if pd.notna(r.get("peak fraction")) else None, r.get("kernel") or None]
     extra = [e for e in extra if e]
     return f"{r['train samples/s']}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def single_family(loaded: list[studies.Study]) -> pd.DataFrame:
+def single_family(entries: list[Entry]) -> pd.DataFrame:
     """The studies of one family (a notebook's model, one precision): not ranked, listed apart."""
     rows = {}
-    for s in loaded:
-        fam = s.verdict_rows()
-        if len(fam) == 1:
-            r = fam.iloc[0]
-            rows[s.name] = {"study": f"[{s.name}]({s.name}.md)", "task": s.task, "family": fam.index[0],
-                            "test metric": f"{s.metric} {r[f'test {s.metric}']:.4g}", "95% interval": r["95% interval"],
+    for e in entries:
+        if len(e.rows) == 1:
+            r = e.rows.iloc[0]
+            rows[e.name] = {"study": f"[{e.name}]({e.name}.md)", "task": e.task, "family": e.rows.index[0],
+                            "test metric": f"{e.metric} {r['test']:.4g}", "95% interval": r["95% interval"],
                             "seeds": r["seeds"], "train samples/s": _speed_cell(r)}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -144,22 +227,56 @@ def friedman(mean: pd.DataFrame, maximize: dict[str, bool], cd_path: Path) -> tu
     return lines, True
 
 
+def earlier_entries(out: Path, exclude: set[str]) -> tuple[list[Entry], list[str]]:
+    """The entries in `out` of studies not in `exclude` (those the store holds), and the files in
+    `out` that are no entry, each with why."""
+    entries, bad = [], []
+    for path in sorted(out.glob("*.json")):
+        if path.stem not in exclude:
+            try:
+                entries.append(load_entry(path))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                bad.append(f"`{path.name}` (not a leaderboard entry: {type(e).__name__} {e})")
+    return entries, bad
+
+
+def _commits(entries: list[Entry]) -> str:
+    commits = sorted({e.commit[:7] + ("+dirty" if e.commit.endswith("+dirty") else "") for e in entries if e.commit})
+    if not commits:
+        return "Their runs do not record the harness commit they ran at."
+    if len(commits) == 1:
+        return f"Every ranked study ran at harness commit `{commits[0]}`."
+    return (f"The ranked studies ran at harness commits {', '.join(f'`{c}`' for c in commits)}, whose `harness/` outside "
+            "`harness/report/` is the same.")
+
+
 def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
-    """`out/README.md` from the studies read (`skipped`: those that could not be, with why)."""
-    if not loaded and not skipped:
-        raise HarnessError(f"no studies in the MLflow store {tracking_uri()}; run `harness sweep` first")
-    if not loaded:
+    """`out/README.md` from the studies read (`skipped`: those that could not be, with why) and the
+    entries earlier reports left in `out` for studies the store does not hold."""
+    current = [entry(s) for s in loaded]
+    earlier, unreadable = earlier_entries(out, {e.name for e in current})
+    if not current and not earlier:
+        if not skipped:
+            raise HarnessError(f"no studies in the MLflow store {tracking_uri()}; run `harness sweep` first")
         raise HarnessError(f"no study in {tracking_uri()} has runs to compare: " + "; ".join(skipped))
-    maximize = {s.name: s.maximize for s in loaded}
-    mean, cells, speed = scores(loaded)
-    header = {s.name: f"[{s.name}]({s.name}.md) · {s.task} · {s.metric} {'↑' if s.maximize else '↓'}" for s in loaded}
+    ranked, other = one_code(current, earlier)
+    known = {e.name for e in current + earlier}
+    unentered = sorted(p.stem for p in out.glob("*.md") if p.stem not in known and p.name != "README.md"
+                       and p.read_text().startswith("# Study `"))
+    left_out = [*skipped, *unreadable,
+                *(f"`{e.name}` (ran at harness commit `{e.commit[:7] or 'unrecorded'}`, whose `harness/` differs from the "
+                  f"ranked studies': run it again, e.g. `reports/regenerate.sh {e.name}`)" for e in other),
+                *(f"`{name}` (its report has no leaderboard entry `{name}.json`: written before harness kept one; report it "
+                  "again from its store, or run it again)" for name in unentered)]
+    maximize = {e.name: e.maximize for e in ranked}
+    mean, cells, speed = scores(ranked)
+    header = {e.name: f"[{e.name}]({e.name}.md) · {e.task} · {e.metric} {'↑' if e.maximize else '↓'}"
+                      + (" · provisional" if e.provisional else "") for e in ranked}
     rank = ranks(mean, maximize)
-    provisional = {s.name for s in loaded if caveats(s)}
-    header = {k: v + (" · provisional" if k in provisional else "") for k, v in header.items()}
     board = cells.rename(columns=header).rename_axis("family")
     board.insert(0, "mean normalised rank", rank.mean(axis=1).round(2))
     board.insert(1, "studies ranked", rank.notna().sum(axis=1))
-    alone = single_family(loaded)
+    alone = single_family(ranked)
     with staged(out) as tmp:
         stats_lines, drawn = friedman(mean, maximize, tmp / "leaderboard_cd.png")
         lines = ["# Leaderboard: recurrent architecture families across tasks", "",
@@ -171,7 +288,8 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
                  "study's comparison was not yet fair (its report's headline says why). `mean normalised rank`: the "
                  "family's rank in each study that compared at least two families, as (rank − 1) / (families − 1), "
                  "0 the best and 1 the last in each metric's own direction (↑ higher is better, ↓ lower), so studies "
-                 "of three and of four families count alike, averaged.", "", md(board), "", *stats_lines, ""]
+                 "of three and of four families count alike, averaged.", "", md(board), "", *stats_lines, "",
+                 _commits(ranked), ""]
         if drawn:
             lines += ["![critical-difference diagram](leaderboard_cd.png)", ""]
         if not alone.empty:
@@ -182,8 +300,9 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
                   "Training samples/s of the same runs (median over the final runs that had the cores to themselves) and, in "
                   "brackets, its share of the device's matmul peak in the runs' precision (see each study's report for the "
                   "yardstick) and the kernel the recurrent layers ran on. Studies may have run on different machines and precisions: compare within a column.", "", md(speed.rename(columns=header).rename_axis("family")), ""]
-        if skipped:
-            lines += ["Left out: " + "; ".join(skipped) + ".", ""]
-        lines += ["Generated by `harness report --all` from the MLflow store; each study's own report is linked in its column.", ""]
+        if left_out:
+            lines += ["Left out: " + "; ".join(left_out) + ".", ""]
+        lines += ["Generated by `harness report --all` from the MLflow store and the entries (`<study>.json`) that earlier "
+                  "reports left here; each study's own report is linked in its column.", ""]
         (tmp / "README.md").write_text("\n".join(lines))
     return out / "README.md"
