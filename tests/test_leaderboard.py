@@ -146,7 +146,8 @@ def test_studies_of_another_store_join_from_their_entries_only_when_they_ran_the
     assert {f: r[col] for f, r in rows.items()} == {f: r[solo_col] for f, r in alone[1].items()}  # the entry keeps the cells
     left = text.split("Left out: ")[1]
     assert f"`e` (ran at harness commit `{changed[:7]}`, whose `harness/` differs" in left
-    assert "`old` (its report has no leaderboard entry" in left and "`junk.json` (not a leaderboard entry" in left
+    assert "the reports here without a leaderboard entry" in left and left.split("run them again): ")[1].startswith("`old`.")
+    assert "`junk.json` (not a leaderboard entry" in left
     assert f"ran at harness commits `{min(first[:7], docs_only[:7])}`, `{max(first[:7], docs_only[:7])}`" in text
     entry = json.loads(Path("out/a.json").read_text())
     assert entry["commit"] == first and {r["family"] for r in entry["rows"]} == {"RNN", "LSTM", "GRU"}

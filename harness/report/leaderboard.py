@@ -266,8 +266,9 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
     left_out = [*skipped, *unreadable,
                 *(f"`{e.name}` (ran at harness commit `{e.commit[:7] or 'unrecorded'}`, whose `harness/` differs from the "
                   f"ranked studies': run it again, e.g. `reports/regenerate.sh {e.name}`)" for e in other),
-                *(f"`{name}` (its report has no leaderboard entry `{name}.json`: written before harness kept one; report it "
-                  "again from its store, or run it again)" for name in unentered)]
+                *([f"the reports here without a leaderboard entry (`<study>.json`; written before harness kept one: report "
+                   f"them again from their store, or run them again): {', '.join(f'`{n}`' for n in unentered)}"]
+                  if unentered else [])]
     maximize = {e.name: e.maximize for e in ranked}
     mean, cells, speed = scores(ranked)
     header = {e.name: f"[{e.name}]({e.name}.md) · {e.task} · {e.metric} {'↑' if e.maximize else '↓'}"
@@ -283,7 +284,8 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
                  "Each cell: the family's best architecture in that study, its final runs' mean test metric (fresh seeds, "
                  "never used for selection; geometric for a log-scale metric such as MSE) and 95% interval. **Bold**: the "
                  "study's best; ≈: equivalent to it within the study's margin (paired equivalence test, TOST, "
-                 "Holm-corrected); ?: inconclusive (neither worse nor equivalent over the seeds run); no mark: worse "
+                 "Holm-corrected); ?: inconclusive (neither worse nor equivalent over the seeds run); ∅: did not learn (its "
+                 "interval reaches the task's input-blind baseline); no mark: worse "
                  "or no verdict (see the study's report); —: not in the study; `provisional` in a column's head: the "
                  "study's comparison was not yet fair (its report's headline says why). `mean normalised rank`: the "
                  "family's rank in each study that compared at least two families, as (rank − 1) / (families − 1), "
