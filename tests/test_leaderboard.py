@@ -130,12 +130,13 @@ def test_studies_of_another_store_join_from_their_entries_only_when_they_ran_the
         write_report(name, "out")  # each report leaves its entry, out/<name>.json
     solo = write_leaderboard("solo").read_text()  # from the store itself: a ranked, e apart (another harness/)
     alone = board_cells(solo)
-    assert [h for h in alone[0] if h.startswith("[")][0].startswith("[a]") and "`e` (ran at harness commit" in solo
+    assert [h for h in alone[0] if h.startswith("[")][0].startswith("[a]") and "`e` (it ran at harness commit" in solo
     shutil.copy(empty_store, store / "two.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'two.db'}")
     two = MlflowClient()
     write_study(two, "b", STUDIES["b"][0], commit=docs_only)
     write_study(two, "c", STUDIES["c"][0], metric="mse", maximize=False, commit=first)
+    write_study(two, "d", STUDIES["d"][0], commit=first + "+dirty")  # uncommitted changes: matches no commit
     Path("out/old.md").write_text("# Study `old`\n\nA report from before entries.\n")
     Path("out/junk.json").write_text("{}")
     text = write_leaderboard("out").read_text()
@@ -145,7 +146,8 @@ def test_studies_of_another_store_join_from_their_entries_only_when_they_ran_the
     col, solo_col = header.index(next(h for h in header if h.startswith("[a]"))), alone[0].index(next(h for h in alone[0] if h.startswith("[a]")))
     assert {f: r[col] for f, r in rows.items()} == {f: r[solo_col] for f, r in alone[1].items()}  # the entry keeps the cells
     left = text.split("Left out: ")[1]
-    assert f"`e` (ran at harness commit `{changed[:7]}`, whose `harness/` differs" in left
+    assert f"`e` (it ran at harness commit `{changed[:7]}`, whose `harness/` differs" in left
+    assert f"`d` (it ran at harness commit `{first[:7]}+dirty` with uncommitted changes, which no commit matches" in left
     assert "the reports here without a leaderboard entry" in left and left.split("run them again): ")[1].startswith("`old`.")
     assert "`junk.json` (not a leaderboard entry" in left
     assert f"ran at harness commits `{min(first[:7], docs_only[:7])}`, `{max(first[:7], docs_only[:7])}`" in text

@@ -240,8 +240,23 @@ def earlier_entries(out: Path, exclude: set[str]) -> tuple[list[Entry], list[str
     return entries, bad
 
 
+def _short(commit: str) -> str:
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
+def _other_code(e: Entry) -> str:
+    """Why an entry is not ranked with the rest, and what brings it in."""
+    if not e.commit:
+        why = "its runs do not record the harness commit they ran at"
+    elif e.commit.endswith("+dirty"):
+        why = f"it ran at harness commit `{_short(e.commit)}` with uncommitted changes, which no commit matches"
+    else:
+        why = f"it ran at harness commit `{_short(e.commit)}`, whose `harness/` differs from the ranked studies'"
+    return f"`{e.name}` ({why}: run it again from a clean checkout, e.g. `reports/regenerate.sh {e.name}`)"
+
+
 def _commits(entries: list[Entry]) -> str:
-    commits = sorted({e.commit[:7] + ("+dirty" if e.commit.endswith("+dirty") else "") for e in entries if e.commit})
+    commits = sorted({_short(e.commit) for e in entries if e.commit})
     if not commits:
         return "Their runs do not record the harness commit they ran at."
     if len(commits) == 1:
@@ -264,8 +279,7 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
     unentered = sorted(p.stem for p in out.glob("*.md") if p.stem not in known and p.name != "README.md"
                        and p.read_text().startswith("# Study `"))
     left_out = [*skipped, *unreadable,
-                *(f"`{e.name}` (ran at harness commit `{e.commit[:7] or 'unrecorded'}`, whose `harness/` differs from the "
-                  f"ranked studies': run it again, e.g. `reports/regenerate.sh {e.name}`)" for e in other),
+                *map(_other_code, other),
                 *([f"the reports here without a leaderboard entry (`<study>.json`; written before harness kept one: report "
                    f"them again from their store, or run them again): {', '.join(f'`{n}`' for n in unentered)}"]
                   if unentered else [])]
