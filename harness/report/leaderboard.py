@@ -240,6 +240,11 @@ def earlier_entries(out: Path, exclude: set[str]) -> tuple[list[Entry], list[str
     return entries, bad
 
 
+def _first_line(path: Path) -> str:
+    with path.open() as f:
+        return f.readline()
+
+
 def _short(commit: str) -> str:
     return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
 
@@ -277,7 +282,7 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
     ranked, other = one_code(current, earlier)
     known = {e.name for e in current + earlier}
     unentered = sorted(p.stem for p in out.glob("*.md") if p.stem not in known and p.name != "README.md"
-                       and p.read_text().startswith("# Study `"))
+                       and _first_line(p).startswith("# Study `"))
     left_out = [*skipped, *unreadable,
                 *map(_other_code, other),
                 *([f"the reports here without a leaderboard entry (`<study>.json`; written before harness kept one: report "
