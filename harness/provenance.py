@@ -1,10 +1,10 @@
 """How to reproduce a study: what its parent run records each time a sweep command runs it, and the
 report's "Reproduction" section reads back (tags `harness.repro.*`): the exact command, the
 experiment file and its SHA-256, the harness commit, the versions of torch, MLflow, Optuna and
-Python, the devices, the date and the storage (password masked); plus the experiment's published
-references (`harness.references`, JSON); and what every run records of where it ran (`git_commit`,
-`device_name`). Torch is imported only when the tags are written, so the report can read `PREFIX`
-without it."""
+Python, the devices (on a GPU, its driver, CUDA and cuDNN too), the date and the storage (password
+masked); plus the experiment's published references (`harness.references`, JSON); and what every
+run records of where it ran (`git_commit`, `device_name`). Torch is imported only when the tags
+are written, so the report can read `PREFIX` without it."""
 
 from __future__ import annotations
 
@@ -60,6 +60,43 @@ def device_name(dev: torch.device | str = "cpu") -> str:
         pass
     return platform.processor() or platform.machine() or kind
 
+def cudnn_text(version: int) -> str:
+    """torch's cuDNN version number as cuDNN writes it: 90800 → 9.8.0 (cuDNN 9 and later), 8902 → 8.9.2."""
+    if version >= 90000:
+        return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+    return f"{version // 1000}.{version // 100 % 10}.{version % 100}"
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version (NVML, else nvidia-smi), or None where neither answers."""
+    try:
+        import pynvml  # nvidia-ml-py: harness[gpu]
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else version
+    except Exception:  # not installed, or no driver NVML can load: ask nvidia-smi
+        pass
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.split()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def gpu_software(driver: str | None, cuda: str | None, cudnn: int | None) -> str:
+    """`driver 580.159.04, CUDA 13.0, cuDNN 9.8.0`: what a GPU's speed also depends on, each part
+    that is known."""
+    parts = [f"driver {driver}" if driver else None, f"CUDA {cuda}" if cuda else None,
+             f"cuDNN {cudnn_text(cudnn)}" if cudnn else None]
+    return ", ".join(p for p in parts if p)
+
+
 def command_line(argv: list[str]) -> str:
     """The command as typed, every database URL in it with its password masked (`--storage URL`
     and `--storage=URL` alike)."""
@@ -97,6 +134,9 @@ def study_tags(exp: Experiment, storage: str, devices: list[str], source: dict[s
         "torch": torch.__version__, "mlflow": mlflow.__version__, "optuna": optuna.__version__,
         "python": platform.python_version(),
         "device": ", ".join(dict.fromkeys(device_name(torch.device(d)) for d in devices)),
+        # CUDA: the version torch was built with (it runs on any driver at least that new)
+        **({"gpu_software": gpu_software(driver_version(), torch.version.cuda, torch.backends.cudnn.version())}
+           if any(d.startswith("cuda") for d in devices) else {}),
         "storage": masked(storage),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         **(source or {}),

@@ -319,3 +319,25 @@ def test_the_pngs_are_drawn_for_the_runs_people_open(workdir, plots, role, drawn
     assert "gradflow.csv" in names and "settings.json" in names  # written for every run
     pngs = {"learning_curve.png", "gradflow.png"} & names
     assert pngs == ({"learning_curve.png", "gradflow.png"} if drawn else set())
+
+
+def test_a_gpu_study_names_its_driver_cuda_and_cudnn_and_its_report_shows_them(monkeypatch):
+    from types import SimpleNamespace
+
+    from harness import provenance
+    from harness.report import reproduction
+
+    assert [provenance.cudnn_text(v) for v in (90800, 91002, 8902)] == ["9.8.0", "9.10.2", "8.9.2"]
+    assert provenance.gpu_software("580.159.04", "13.0", 91002) == "driver 580.159.04, CUDA 13.0, cuDNN 9.10.2"
+    assert provenance.gpu_software(None, "13.0", None) == "CUDA 13.0"
+    assert provenance.driver_version() is None or provenance.driver_version()[0].isdigit()  # no GPU: None, not an error
+    # A sweep's slots on a GPU (its name and driver stand in for the device this machine lacks)
+    monkeypatch.setattr(provenance, "device_name", lambda dev: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(provenance, "driver_version", lambda: "580.159.04")
+    tags = provenance.study_tags(experiment(), "sqlite:///o.db", ["cuda:0", "cuda:0"])
+    assert tags["harness.repro.device"] == "NVIDIA H100 80GB HBM3"
+    assert tags["harness.repro.gpu_software"] == provenance.gpu_software(
+        "580.159.04", torch.version.cuda, torch.backends.cudnn.version()) and "driver 580.159.04" in tags["harness.repro.gpu_software"]
+    assert "harness.repro.gpu_software" not in provenance.study_tags(experiment(), "sqlite:///o.db", ["cpu"])
+    lines = reproduction(SimpleNamespace(name="s", tags=tags, spent={}))
+    assert f"- GPU software: {tags['harness.repro.gpu_software']}" in lines

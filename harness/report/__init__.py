@@ -362,7 +362,7 @@ def reproduction(s: studies.Study) -> list[str]:
     facts = {"experiment file": f"`{r['experiment_file']}` (SHA-256 `{r['experiment_sha256'][:16]}…`)" if r.get("experiment_file") else None,
              "harness commit": f"`{r.get('git_commit')}`", "torch / MLflow / Optuna / Python":
              f"{r.get('torch')} / {r.get('mlflow')} / {r.get('optuna')} / {r.get('python')}",
-             "device": r.get("device"), "date": r.get("date"), "Optuna storage": f"`{r.get('storage')}`",
+             "device": r.get("device"), "GPU software": r.get("gpu_software"), "date": r.get("date"), "Optuna storage": f"`{r.get('storage')}`",
              "MLflow store": f"`{masked(tracking_uri())}`, experiment `{s.name}`",
              "sweep wall time": f"{float(r['wall_s']) / 60:.1f} min (every sweep command of the study, final runs included)"
              if r.get("wall_s") else f"{(int(end) - int(start)) / 60000:.1f} min (the study run's start to end, final runs included)"
