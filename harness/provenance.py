@@ -25,19 +25,25 @@ if TYPE_CHECKING:
 
 PREFIX = "harness.repro."
 
+# What a run executes: a change here, uncommitted, makes its commit `+dirty` (docs, reports and tests do not)
+EXECUTED = ("harness", "experiments", "pyproject.toml")
 
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the harness checkout this code runs from (`+dirty` with local changes),
-    or None when harness is not run from its own git checkout (e.g. installed from a wheel)."""
-    root = Path(__file__).resolve().parents[1]
+    """The commit of the harness checkout this code runs from (`+dirty` with uncommitted changes to
+    `EXECUTED`), or None when harness is not run from its own git checkout (e.g. installed from a wheel)."""
+    return commit_of(Path(__file__).resolve().parents[1])
+
+
+def commit_of(root: Path) -> str | None:
+    """`git_commit` for the checkout whose top folder is `root`."""
     try:
         top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
                              capture_output=True, text=True, timeout=10)
-        if top.returncode or Path(top.stdout.split()[0]).resolve() != root:
+        if top.returncode or Path(top.stdout.split()[0]).resolve() != root.resolve():
             return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *EXECUTED],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError, IndexError):
         return None

@@ -12,11 +12,10 @@
 # writes their reports and entries beside the earlier ones and the leaderboard over all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Any change to a tracked file, reports/ included, makes every run record its commit as `+dirty`,
-# which no leaderboard ranks with other commits: so a second batch in the same worktree starts
-# after `git checkout -- reports` (the first batch's reports are copied out first).
-if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-    echo "reports/regenerate.sh: the checkout has uncommitted changes (runs would record +dirty); commit them, or \`git checkout -- reports\` after an earlier batch" >&2
+# An uncommitted change to what runs execute makes every run record its commit as `+dirty`, which
+# no leaderboard ranks with other commits (harness.provenance.EXECUTED; reports and docs do not count).
+if [ -n "$(git status --porcelain --untracked-files=no -- harness experiments pyproject.toml)" ]; then
+    echo "reports/regenerate.sh: harness/, experiments/ or pyproject.toml has uncommitted changes (runs would record +dirty); commit them first" >&2
     exit 2
 fi
 studies=("$@")

@@ -104,19 +104,22 @@ def test_friedman_keeps_the_studies_that_ran_every_family_and_never_runs_on_two(
 
 
 def commits(repo: Path) -> list[str]:
-    """Three commits of a git repository in `repo`: the first, one that changes only docs (the same
-    harness code), one that changes harness/."""
+    """Three commits of a git repository in `repo`: the first, one that changes only docs and what
+    runs record of themselves (harness/provenance.py: the same measuring code), one that changes
+    harness/'s training loop."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
                               check=True, capture_output=True, text=True).stdout.strip()
 
     git("init", "-q")
     out = []
-    for path, text in (("harness/train.py", "one loop"), ("docs/x.md", "a doc"), ("harness/train.py", "another loop")):
-        (repo / path).parent.mkdir(exist_ok=True)
-        (repo / path).write_text(text)
-        git("add", path)
-        git("commit", "-q", "-m", path)
+    for files in ({"harness/train.py": "one loop", "harness/provenance.py": "tags"},
+                  {"docs/x.md": "a doc", "harness/provenance.py": "more tags"}, {"harness/train.py": "another loop"}):
+        for path, text in files.items():
+            (repo / path).parent.mkdir(exist_ok=True)
+            (repo / path).write_text(text)
+            git("add", path)
+        git("commit", "-q", "-m", ", ".join(files))
         out.append(git("rev-parse", "HEAD"))
     return out
 

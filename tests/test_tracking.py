@@ -341,3 +341,31 @@ def test_a_gpu_study_names_its_driver_cuda_and_cudnn_and_its_report_shows_them(m
     assert "harness.repro.gpu_software" not in provenance.study_tags(experiment(), "sqlite:///o.db", ["cpu"])
     lines = reproduction(SimpleNamespace(name="s", tags=tags, spent={}))
     assert f"- GPU software: {tags['harness.repro.gpu_software']}" in lines
+
+
+def test_a_commit_is_dirty_only_with_uncommitted_changes_to_what_runs_execute(tmp_path):
+    from harness.provenance import commit_of
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    files = {"harness/train.py": "loop", "experiments/e.toml": "name = 'e'", "pyproject.toml": "[project]",
+             "docs/d.md": "doc", "reports/r.md": "report", "tests/t.py": "test"}
+    git("init", "-q")
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(text)
+    git("add", ".")
+    git("commit", "-q", "-m", "all")
+    head = git("rev-parse", "HEAD")
+    assert commit_of(tmp_path) == head
+    for path in ("docs/d.md", "reports/r.md", "tests/t.py"):  # what runs do not execute
+        (tmp_path / path).write_text("changed")
+    (tmp_path / "harness" / "new.py").write_text("untracked")  # as before: untracked files do not count
+    assert commit_of(tmp_path) == head
+    for path in ("harness/train.py", "experiments/e.toml", "pyproject.toml"):
+        (tmp_path / path).write_text("changed")
+        assert commit_of(tmp_path) == head + "+dirty", path
+        git("checkout", "--", path)
+    assert commit_of(tmp_path / "docs") is None  # not the checkout's top folder

@@ -14,8 +14,8 @@ family × study.
 Each study's report leaves its leaderboard entry beside it (`<study>.json`: the cells above and
 the harness commit its sweep ran at), so a leaderboard also takes studies whose runs are in another
 store (another machine, an earlier session) from their entries. It ranks only studies that ran the
-same harness code: the commit, or commits whose `harness/` outside `harness/report/` git finds
-identical. The rest are named, with how to bring them in (run them again).
+same harness code: the commit, or commits whose `harness/` outside `harness/report/` and
+`harness/provenance.py` git finds identical. The rest are named, with how to bring them in (run them again).
 """
 
 from __future__ import annotations
@@ -95,14 +95,16 @@ def load_entry(path: Path) -> Entry:
 @functools.cache
 def same_code(a: str, b: str) -> bool:
     """Whether two harness commits measure with the same code: equal, or git (run where the report
-    is written) finds `harness/` outside `harness/report/` identical. A commit with uncommitted
+    is written) finds `harness/` identical outside `harness/report/` and `harness/provenance.py`
+    (what a run records of where and how it ran, not what it measures). A commit with uncommitted
     changes (`+dirty`) or one git does not know matches only itself."""
     if a == b:
         return True
     if not a or not b or a.endswith("+dirty") or b.endswith("+dirty"):
         return False
     try:
-        diff = subprocess.run(["git", "diff", "--quiet", a, b, "--", "harness", ":(exclude)harness/report"],
+        diff = subprocess.run(["git", "diff", "--quiet", a, b, "--", "harness", ":(exclude)harness/report",
+                               ":(exclude)harness/provenance.py"],
                               capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
