@@ -269,7 +269,7 @@ def _commits(entries: list[Entry]) -> str:
     if len(commits) == 1:
         return f"Every ranked study ran at harness commit `{commits[0]}`."
     return (f"The ranked studies ran at harness commits {', '.join(f'`{c}`' for c in commits)}, whose `harness/` outside "
-            "`harness/report/` is the same.")
+            "`harness/report/` and `harness/provenance.py` (what runs measure with) is the same.")
 
 
 def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
