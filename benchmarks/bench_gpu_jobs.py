@@ -100,10 +100,10 @@ def throughput(args: argparse.Namespace) -> None:
             if len(got) < n:
                 continue
             total = sum(samples / secs for _, samples, secs, _ in got)
-            one = one or total
+            one = total if n == 1 else one  # the ratio is to one worker, or none where that failed
             used = max(u for *_, u in got)
             print(f"| {arch} | {s['shape']} | {s['train']['batch_size']} | {n} | {total:,.0f} | {total / n:,.0f} | "
-                  f"{total / one:.2f} | {used / 2**30:.1f} GiB |", flush=True)
+                  f"{f'{total / one:.2f}' if one else '–'} | {used / 2**30:.1f} GiB |", flush=True)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -136,8 +136,9 @@ def sweep(args: argparse.Namespace) -> None:
             study = optuna.load_study(study_name=name, storage=storage)
             complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
             rate = complete * 3600 / wall
-            one = one or rate
-            print(f"| {jobs} | {workers} | {complete} | {wall:.0f} | {rate:,.0f} | {rate / one:.2f} |", flush=True)
+            one = rate if jobs == "1" else one
+            print(f"| {jobs} | {workers} | {complete} | {wall:.0f} | {rate:,.0f} | {f'{rate / one:.2f}' if one else '–'} |",
+                  flush=True)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -66,6 +66,7 @@ def device_name(dev: torch.device | str = "cpu") -> str:
         pass
     return platform.processor() or platform.machine() or kind
 
+
 def cudnn_text(version: int) -> str:
     """torch's cuDNN version number as cuDNN writes it: 90800 → 9.8.0 (cuDNN 9 and later), 8902 → 8.9.2."""
     if version >= 90000:
