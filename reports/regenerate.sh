@@ -14,7 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # An uncommitted change to what runs execute makes every run record its commit as `+dirty`, which
 # no leaderboard ranks with other commits (harness.provenance.EXECUTED; reports and docs do not count).
-if [ -n "$(git status --porcelain --untracked-files=no -- harness experiments pyproject.toml)" ]; then
+executed=$(python3 -c "from harness.provenance import EXECUTED; print(*EXECUTED)")
+# shellcheck disable=SC2086  # the paths split into pathspecs
+if [ -n "$(git status --porcelain --untracked-files=no -- $executed)" ]; then
     echo "reports/regenerate.sh: harness/, experiments/ or pyproject.toml has uncommitted changes (runs would record +dirty); commit them first" >&2
     exit 2
 fi
