@@ -9,12 +9,16 @@ what `sweep.jobs = "auto"` picks. Two measurements, each N of --jobs (default 1,
               CUDA graph with --graphed, as benchmarks/bench_cuda_graphs.py captures it)
   sweep       `harness sweep EXPERIMENT --jobs N --timeout T` in a fresh MLflow store and Optuna
               storage (SQLite), final runs off: the trials it completed × 3600 ÷ its wall time, its
-              start-up included; and `--jobs auto`, the default's choice, named from its output
+              start-up included, and ÷ the trials' span (the first trial's start to the last one's
+              end); and `--jobs auto`, the default's choice, named from its output
+  rate        the same over the trials' span for a study already swept (STORAGE STUDY): a study run
+              end to end, whose final runs come after its trials
 
 The ratio each row gives is to N = 1 in the same run. Nothing is asserted.
 
     python benchmarks/bench_gpu_jobs.py throughput --archs seed-lstm,gru --seconds 10
     python benchmarks/bench_gpu_jobs.py sweep experiments/quickstart.toml --timeout 60
+    python benchmarks/bench_gpu_jobs.py rate runs/optuna.db quickstart
     python benchmarks/bench_gpu_jobs.py throughput --device cpu --archs gru --jobs 1,2 --seconds 3   # the script
 """
 
@@ -106,6 +110,30 @@ def throughput(args: argparse.Namespace) -> None:
                   f"{f'{total / one:.2f}' if one else '–'} | {used / 2**30:.1f} GiB |", flush=True)
 
 
+def span_rate(storage: str, name: str) -> tuple[int, int, float, float]:
+    """(trials complete, workers that ran them, the trials' span in s, trials/hour over it): the span
+    runs from the first trial's start to the last complete one's end, so a process's start-up and
+    the final runs after the search stay out of it."""
+    import optuna
+
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        return 0, 0, 0.0, 0.0
+    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in trials if t.datetime_start)).total_seconds()
+    workers = len({t.user_attrs.get("worker") for t in done})
+    return len(done), workers, span, len(done) * 3600 / span
+
+
+def rate(args: argparse.Namespace) -> None:
+    storage = args.storage if "://" in args.storage else f"sqlite:///{Path(args.storage).resolve()}"
+    complete, workers, span, per_hour = span_rate(storage, args.study)
+    print(f"`{args.study}` in {args.storage}: trials/hour over its trials' span\n")
+    print("| study | workers that ran trials | trials complete | span s | trials/hour |")
+    print("|---|---|---|---|---|")
+    print(f"| {args.study} | {workers} | {complete} | {span:.0f} | {per_hour:,.0f} |")
+
+
 def sweep(args: argparse.Namespace) -> None:
     import optuna
 
@@ -113,9 +141,9 @@ def sweep(args: argparse.Namespace) -> None:
     name = Path(args.experiment).stem
     print(f"`harness sweep {args.experiment}` against --jobs, each in a fresh store, --timeout {args.timeout:g} s, "
           f"final runs off ({', '.join(args.sets) or 'the file as committed'})\n")
-    print("| --jobs | workers | trials complete | wall s | trials/hour | ÷ one worker |")
-    print("|---|---|---|---|---|---|")
-    one = None
+    print("| --jobs | workers | trials complete | wall s | trials/hour | ÷ one worker | trials' span s | trials/hour over it | ÷ one worker |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    one = one_span = None
     for jobs in [*map(str, args.jobs), *(["auto"] if args.auto else [])]:
         with tempfile.TemporaryDirectory(prefix="bench-gpu-jobs-") as tmp:
             storage = f"sqlite:///{tmp}/optuna.db"
@@ -129,16 +157,15 @@ def sweep(args: argparse.Namespace) -> None:
             wall = time.perf_counter() - t0
             if done.returncode:
                 tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
-                print(f"| {jobs} | – | FAILED: {tail[0][:200]} | {wall:.0f} | | |", flush=True)
+                print(f"| {jobs} | – | FAILED: {tail[0][:200]} | {wall:.0f} | | | | | |", flush=True)
                 continue
             said = re.search(r"sweep\.jobs = auto: (\d+) worker", done.stdout + done.stderr)
             workers = said.group(1) if said else jobs
-            study = optuna.load_study(study_name=name, storage=storage)
-            complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-            rate = complete * 3600 / wall
-            one = rate if jobs == "1" else one
-            print(f"| {jobs} | {workers} | {complete} | {wall:.0f} | {rate:,.0f} | {f'{rate / one:.2f}' if one else '–'} |",
-                  flush=True)
+            complete, _, span, per_span = span_rate(storage, name)
+            per_wall = complete * 3600 / wall
+            one, one_span = (per_wall, per_span) if jobs == "1" else (one, one_span)
+            print(f"| {jobs} | {workers} | {complete} | {wall:.0f} | {per_wall:,.0f} | {f'{per_wall / one:.2f}' if one else '–'} "
+                  f"| {span:.0f} | {per_span:,.0f} | {f'{per_span / one_span:.2f}' if one_span else '–'} |", flush=True)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -154,6 +181,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     sp.add_argument("experiment", nargs="?", default=str(ROOT / "experiments" / "quickstart.toml"))
     sp.add_argument("--timeout", type=float, default=60, help="sweep.timeout: no trial starts after it")
     sp.add_argument("--no-auto", dest="auto", action="store_false", help="leave out --jobs auto")
+    rp = sub.add_parser("rate", help="trials/hour over the trials' span of a study already swept")
+    rp.add_argument("storage", help="its Optuna storage: a SQLite file or a database URL")
+    rp.add_argument("study", help="the study's name")
     for q in (tp, sp):
         q.add_argument("--jobs", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2, 4, 8, 16])
         q.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -163,4 +193,4 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     ARGS = parse()
-    throughput(ARGS) if ARGS.what == "throughput" else sweep(ARGS)
+    {"throughput": throughput, "sweep": sweep, "rate": rate}[ARGS.what](ARGS)

@@ -6,7 +6,10 @@
 # gives, read 2026-11-17). MLflow comes as mlflow-skinny: the SQLite tracking store without the
 # UI's assets, which a sweep there does not serve. The leaderboard's autorank is left out (no
 # cross-study leaderboard is written there). About 25 MB; benchmarks/gpu_session.sh installs them.
+# Beside them, this checkout's commits as a git bundle (a device call copies the working tree, not
+# .git): from it the session there gives the runs their commit.
 #   benchmarks/gpu_wheelhouse.sh        # a few minutes: pip resolves against the registry
+#   git bundle create .whl/harness.bundle HEAD   # alone, after a later commit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version() { python3 -c "import importlib.metadata as m; print(m.version('$1'))"; }
@@ -58,3 +61,5 @@ for wheel in sorted(Path(".whl").glob("*.whl")):
 size = sum(p.stat().st_size for p in Path(".whl").glob("*.whl"))
 print(f"gpu_wheelhouse: {len(kept)} wheels in .whl/, {size / 2**20:.1f} MiB: " + ", ".join(kept))
 EOF
+git bundle create -q .whl/harness.bundle HEAD
+echo "gpu_wheelhouse: .whl/harness.bundle at $(git rev-parse --short HEAD), $(du -h .whl/harness.bundle | cut -f1)"

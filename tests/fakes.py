@@ -37,11 +37,12 @@ FAMILY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "brnn": "BRNN"}
 
 def write_study(client, name, finals: dict[str, list[float]], *, metric="accuracy", maximize=True, task="digits",
                 baseline: float | None = None, sizes: dict[str, int] | None = None, clip: dict[str, float] | None = None,
-                commit: str = ""):
+                commit: str = "", repro: dict[str, str] | None = None):
     """A study (its parent run, then runs of it) whose architectures' final runs scored `finals` (seeds 1000, 1001, …),
-    one search trial each; `commit`: the harness commit its parent run records."""
+    one search trial each; `commit`: the harness commit its parent run records, `repro` its other `harness.repro.*` tags."""
     exp_id = client.create_experiment(name)
-    study_run(client, exp_id, name, **({"harness.repro.git_commit": commit} if commit else {}))
+    study_run(client, exp_id, name, **({"harness.repro.git_commit": commit} if commit else {}),
+              **{f"harness.repro.{k}": v for k, v in (repro or {}).items()})
     for number, (arch, values) in enumerate(finals.items()):
         for role, seeds in (("trial", [values[0]]), ("final", values)):
             for i, v in enumerate(seeds):

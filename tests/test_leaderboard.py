@@ -158,6 +158,31 @@ def test_studies_of_another_store_join_from_their_entries_only_when_they_ran_the
     assert entry["commit"] == first and {r["family"] for r in entry["rows"]} == {"RNN", "LSTM", "GRU"}
 
 
+def test_the_speed_table_names_the_device_and_day_each_study_ran_on_and_entries_keep_them(store, empty_store, monkeypatch):
+    client = MlflowClient()
+    for name, device, date in (("a", "Intel Xeon", "2026-12-07 15:12 UTC"), ("b", "Intel Xeon", "2026-12-07 18:40 UTC"),
+                               ("c", "NVIDIA H200", "2026-12-08 09:03 UTC")):
+        finals, maximize = STUDIES[name]
+        write_study(client, name, finals, metric="accuracy" if maximize else "mse", maximize=maximize,
+                    repro={"device": device, "date": date})
+        write_report(name, "out")
+    speed = write_leaderboard("out").read_text().split("## Training speed")[1]
+    three = ("The studies ran on different machines or days (the device's name, the day of the last sweep command): "
+             "Intel Xeon on 2026-12-07: `a`, `b`; NVIDIA H200 on 2026-12-08: `c`.")
+    assert three in speed
+    assert json.loads(Path("out/c.json").read_text())["device"] == "NVIDIA H200"
+    shutil.copy(empty_store, store / "two.db")  # a store without them: the leaderboard from their entries alone
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'two.db'}")
+    assert three in write_leaderboard("out").read_text()
+    Path("out/c.json").unlink()
+    assert "Every study here ran on Intel Xeon on 2026-12-07 (the day of its last sweep command)." in \
+        write_leaderboard("out").read_text()
+    old = json.loads(Path("out/b.json").read_text())  # an entry written before entries kept where they ran
+    del old["device"], old["date"]
+    Path("out/b.json").write_text(json.dumps(old))
+    assert "a device its runs do not name: `b`" in write_leaderboard("out").read_text()
+
+
 def test_report_and_leaderboard_errors_are_one_line(workdir, capsys):
     assert main(["report", "nothing"]) == 2  # no store at all
     err = capsys.readouterr().err

@@ -9,7 +9,7 @@ ranked within each study (normalised: 0 = best, 1 = last, the metric's own direc
 ranks averaged; over the studies every compared family ran, a Friedman test with the Nemenyi
 post-hoc test and its critical-difference diagram (Demšar 2006), as `autorank` computes and
 draws them. A second table gives training speed, its share of the device's peak and the kernel,
-family × study.
+family × study, and names the device and day each study ran on.
 
 Each study's report leaves its leaderboard entry beside it (`<study>.json`: the cells above and
 the harness commit its sweep ran at), so a leaderboard also takes studies whose runs are in another
@@ -61,6 +61,8 @@ class Entry:
     provisional: bool  # its comparison was not yet fair (harness.report.caveats)
     commit: str  # the harness commit its sweep ran at ("" when the runs do not record it)
     rows: pd.DataFrame  # by family: test (the final runs' mean), mark (≈, ? or ""), and COLUMNS
+    device: str = ""  # where its speeds were measured: the device's name (harness.repro.device) …
+    date: str = ""  # … and the day of its last sweep command, YYYY-MM-DD ("" for entries older than these)
 
 
 COLUMNS = ["95% interval", "seeds", "train samples/s", "peak fraction", "kernel"]
@@ -73,13 +75,14 @@ def entry(s: studies.Study) -> Entry:
                           "mark": [getattr(v, "mark", "") for v in rows["verdict"]],
                           **{c: rows[c] for c in COLUMNS if c in rows}}, index=rows.index) if not rows.empty else \
         pd.DataFrame(columns=["test", "mark", *COLUMNS])
-    return Entry(s.name, s.task, s.metric, s.maximize, bool(caveats(s)), s.tags.get(PREFIX + "git_commit", ""), table)
+    return Entry(s.name, s.task, s.metric, s.maximize, bool(caveats(s)), s.tags.get(PREFIX + "git_commit", ""), table,
+                 s.tags.get(PREFIX + "device", ""), s.tags.get(PREFIX + "date", "")[:10])
 
 
 def dumps(e: Entry) -> str:
     rows = e.rows.rename_axis("family").reset_index().astype(object)
     return json.dumps({"study": e.name, "task": e.task, "metric": e.metric, "maximize": e.maximize,
-                       "provisional": e.provisional, "commit": e.commit,
+                       "provisional": e.provisional, "commit": e.commit, "device": e.device, "date": e.date,
                        "rows": rows.where(rows.notna(), None).to_dict(orient="records")},
                       indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v))
 
@@ -89,7 +92,8 @@ def load_entry(path: Path) -> Entry:
     d = json.loads(path.read_text())
     rows = pd.DataFrame(d["rows"], columns=["family", "test", "mark", *COLUMNS]).set_index("family")
     rows["test"] = rows["test"].astype(float)
-    return Entry(d["study"], d["task"], d["metric"], bool(d["maximize"]), bool(d["provisional"]), d["commit"] or "", rows)
+    return Entry(d["study"], d["task"], d["metric"], bool(d["maximize"]), bool(d["provisional"]), d["commit"] or "", rows,
+                 d.get("device") or "", d.get("date") or "")
 
 
 @functools.cache
@@ -272,6 +276,21 @@ def _commits(entries: list[Entry]) -> str:
             "`harness/report/` and `harness/provenance.py` (what runs measure with) is the same.")
 
 
+def where_run(entries: list[Entry]) -> str:
+    """Where the speeds were measured: each device and day, with its studies where there are several."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for e in entries:
+        groups.setdefault((e.device, e.date), []).append(e.name)
+
+    def place(device: str, date: str) -> str:
+        return f"{device or 'a device its runs do not name'}{f' on {date}' if date else ''}"
+
+    if len(groups) == 1:
+        return f"Every study here ran on {place(*next(iter(groups)))} (the day of its last sweep command)."
+    return ("The studies ran on different machines or days (the device's name, the day of the last sweep command): " +
+            "; ".join(f"{place(*k)}: {', '.join(f'`{n}`' for n in names)}" for k, names in groups.items()) + ".")
+
+
 def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
     """`out/README.md` from the studies read (`skipped`: those that could not be, with why) and the
     entries earlier reports left in `out` for studies the store does not hold."""
@@ -322,7 +341,9 @@ def write(out: Path, loaded: list[studies.Study], skipped: list[str]) -> Path:
         lines += ["## Training speed", "",
                   "Training samples/s of the same runs (median over the final runs that had the cores to themselves) and, in "
                   "brackets, its share of the device's matmul peak in the runs' precision (see each study's report for the "
-                  "yardstick) and the kernel the recurrent layers ran on. Studies may have run on different machines and precisions: compare within a column.", "", md(speed.rename(columns=header).rename_axis("family")), ""]
+                  "yardstick) and the kernel the recurrent layers ran on. " + where_run(ranked) + " Compare within a column: the "
+                  "studies differ in their sequences, sizes and precision.", "",
+                  md(speed.rename(columns=header).rename_axis("family")), ""]
         if left_out:
             lines += ["Left out: " + "; ".join(left_out) + ".", ""]
         lines += ["Generated by `harness report --all` from the MLflow store and the entries (`<study>.json`) that earlier "
