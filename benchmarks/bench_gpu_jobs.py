@@ -159,7 +159,7 @@ def sweep(args: argparse.Namespace) -> None:
                 tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
                 print(f"| {jobs} | – | FAILED: {tail[0][:200]} | {wall:.0f} | | | | | |", flush=True)
                 continue
-            said = re.search(r"sweep\.jobs = auto: (\d+) worker", done.stdout + done.stderr)
+            said = re.search(r"(?:sweep\.jobs = auto: |on the CPU with )(\d+) worker", done.stdout + done.stderr)
             workers = said.group(1) if said else jobs
             complete, _, span, per_span = span_rate(storage, name)
             per_wall = complete * 3600 / wall

@@ -15,7 +15,7 @@
 # time to run it again (call give_back after the last call).
 # Every step has its own limit, so one that hangs leaves the rest their time. What comes back, in
 # $OUT: session.log (everything printed), the tables as markdown, and runs-<phase>.tar.gz (the
-# MLflow and Optuna stores and the reports), from which `harness report` works here too.
+# MLflow and Optuna stores, MLflow's artifacts and the reports), from which `harness report` works here too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out}
@@ -72,5 +72,5 @@ second)
     exit 2
     ;;
 esac
-tar czf "$out/runs-$phase.tar.gz" runs
+tar czf "$out/runs-$phase.tar.gz" runs $(ls -d mlruns 2>/dev/null)  # mlruns/: the artifacts (logged models) beside the cwd
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
