@@ -37,6 +37,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -132,6 +133,21 @@ def make_step(model, s: dict, device, precision: str, graphed: bool, opt=None):
     return replay, opt
 
 
+def alternate(runners: dict, rounds: int, steps: int, sync, *args) -> dict[str, list[float]]:
+    """Seconds of `steps` calls of each runner (with `args`) per round, the order alternating between
+    rounds and the device synchronised around each: what this file and bench_seed_vmap.py time with."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for r in range(rounds):
+        for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                runners[name](*args)
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def no_dropout(model) -> None:
     from torch import nn
 
@@ -146,7 +162,6 @@ def no_dropout(model) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     import copy
-    import time
 
     import torch
 
@@ -194,15 +209,7 @@ def worker(args: argparse.Namespace) -> None:
                 for _ in range(args.warmup):
                     step(x, y)
             sync()
-            times: dict[str, list[float]] = {k: [] for k in runners}
-            for r in range(args.rounds):
-                for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
-                    sync()
-                    t0 = time.perf_counter()
-                    for _ in range(args.steps):
-                        runners[name](x, y)
-                    sync()
-                    times[name].append(time.perf_counter() - t0)
+            times = alternate(runners, args.rounds, args.steps, sync, x, y)
             for name, ts in times.items():
                 row[f"{name}_samples_s"] = b * args.steps / statistics.median(ts)
             if "graphed" in times:

@@ -18,13 +18,12 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compile import case_settings  # noqa: E402
-from bench_cuda_graphs import batches, build  # noqa: E402
+from bench_cuda_graphs import alternate, batches, build  # noqa: E402
 
 
 def row(arch: str, k: int, device, rounds: int, steps: int) -> str:
@@ -69,18 +68,8 @@ def row(arch: str, k: int, device, rounds: int, steps: int) -> str:
     diff = max(float((grads[n][0] - p.grad).abs().max() / p.grad.abs().max().clamp_min(1e-12))
                for n, p in models[0].named_parameters() if p.grad is not None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {"separate": [], "batched": []}
-    runners = {"separate": separate, "batched": batched}
-    for r in range(rounds + 1):
-        for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                runners[name]()
-            sync()
-            if r:  # round 0 warms up
-                times[name].append((time.perf_counter() - t0) / steps * 1000)
-    ms = {n: statistics.median(v) for n, v in times.items()}
+    times = alternate({"separate": separate, "batched": batched}, rounds + 1, steps, sync)
+    ms = {n: statistics.median(v[1:]) / steps * 1000 for n, v in times.items()}  # round 0 warms up
     how = f"yes, {', '.join(loops)} looped per seed (no batching rule)" if loops else "yes"
     return (f"| {arch} | {k} | {ms['separate']:.1f} | {ms['batched']:.1f} | {ms['separate'] / ms['batched']:.2f} | "
             f"{diff:.1e} | {how} |")

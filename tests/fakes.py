@@ -41,8 +41,8 @@ def write_study(client, name, finals: dict[str, list[float]], *, metric="accurac
     """A study (its parent run, then runs of it) whose architectures' final runs scored `finals` (seeds 1000, 1001, …),
     one search trial each; `commit`: the harness commit its parent run records, `repro` its other `harness.repro.*` tags."""
     exp_id = client.create_experiment(name)
-    study_run(client, exp_id, name, **({"harness.repro.git_commit": commit} if commit else {}),
-              **{f"harness.repro.{k}": v for k, v in (repro or {}).items()})
+    repro = {**({"git_commit": commit} if commit else {}), **(repro or {})}
+    study_run(client, exp_id, name, **{f"harness.repro.{k}": v for k, v in repro.items()})
     for number, (arch, values) in enumerate(finals.items()):
         for role, seeds in (("trial", [values[0]]), ("final", values)):
             for i, v in enumerate(seeds):
