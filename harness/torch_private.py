@@ -1,6 +1,7 @@
 """The one place harness touches torch's private API; each name says why no public one fits.
 
-Checked against torch 2.4–2.14; if torch renames these, only this file changes.
+Checked against torch 2.11 (`tox -e oldest`; the lent GPU machines' version) and 2.14; if torch
+renames these, only this file changes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one place harness touches Optuna's private API; each function says why no public one fits.
 
-Checked against Optuna 4.2–5.x; if Optuna renames these, only this file changes.
+Checked against Optuna 5.0 (`tox -e oldest`) and 5.1; if Optuna renames these, only this file changes.
 """
 
 from __future__ import annotations
