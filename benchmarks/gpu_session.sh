@@ -3,6 +3,7 @@
 # measuring. A lent machine has 15 minutes of device time in all, its start (a minute or two) and
 # its idle wait included, and no network. Here first, at the commit to run:
 #   benchmarks/gpu_wheelhouse.sh    # the wheels the machine lacks, and this checkout as a git bundle, into .whl/
+#   benchmarks/gpu_image_check.sh   # after harness changed: the suite on that machine's Python, torch and wheels
 # Then device calls, each carrying [".whl"], with a limit that leaves room for a second:
 #   benchmarks/gpu_session.sh first   # timeout_s 470: what the goals need (set-up and steps: 445 s)
 #   benchmarks/gpu_session.sh second  # timeout_s 290, if the first went through (set-up and steps: 270 s)

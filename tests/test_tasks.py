@@ -60,7 +60,10 @@ def idx_root(tmp_path_factory) -> Path:
 
 
 def load(name: str, idx_root: Path, **extra):
-    """A registered task, small: its test-size options if it has some, the tiny IDX files if it reads files."""
+    """A registered task, small: its test-size options if it has some, the tiny IDX files if it reads files.
+    `ucr` skips where aeon, its optional reader, is not installed (there it is a one-line error)."""
+    if name == "ucr":
+        pytest.importorskip("aeon", reason="the ucr task needs aeon: pip install 'harness[ucr]'")
     options = dict(TASKS[name][0]) if name in TASKS else {}
     if "data_dir" in task_defaults(name):
         options |= {"data_dir": str(idx_root), "download": False}
