@@ -26,8 +26,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 rm -rf "$venv/wheelhouse"
 "$venv/bin/python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$venv/wheelhouse" .whl/*.whl
-PYTHONPATH=$PWD:$venv/wheelhouse "$venv/bin/python" -c "import sys, torch, numpy, pandas, mlflow, optuna; \
+export PYTHONPATH=$PWD:$venv/wheelhouse MPLBACKEND=Agg
+"$venv/bin/python" -c "import sys, torch, numpy, pandas, mlflow, optuna; \
 print('gpu_image_check: Python', sys.version.split()[0], '| torch', torch.__version__, '| numpy', numpy.__version__, \
 '| pandas', pandas.__version__, '| MLflow', mlflow.__version__, '(skinny) | Optuna', optuna.__version__)"
-PYTHONPATH=$PWD:$venv/wheelhouse MPLBACKEND=Agg "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+"$venv/bin/python" -m pytest -q -p no:cacheprovider \
     --deselect tests/test_ui_browser.py "$@"
